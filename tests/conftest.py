@@ -1,0 +1,33 @@
+"""Shared fixtures: no network, tiny datasets in the official formats, and small runs."""
+
+import urllib.request
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+
+from tests.data_files import patch_cifar10_md5s, write_cifar10_batches, write_mnist_idx
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every torchvision download ends in urlopen: make it fail at once, as offline."""
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise URLError("network disabled in tests")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path: Path) -> tuple[Path, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """A root holding 64 train / 16 test random MNIST images as extracted IDX files."""
+    return tmp_path, write_mnist_idx(tmp_path, n_train=64, n_test=16)
+
+
+@pytest.fixture
+def tiny_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A root holding official-format CIFAR-10 pickles (8 per batch), md5 table patched to them."""
+    patch_cifar10_md5s(monkeypatch, write_cifar10_batches(tmp_path, n_per_batch=8))
+    return tmp_path

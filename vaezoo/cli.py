@@ -1,0 +1,108 @@
+"""The ``vaezoo`` command: Lightning's CLI over every registered variant, net and dataset.
+
+    vaezoo fit --config configs/mnist_mlp.yaml
+    vaezoo fit --config configs/mnist_conv.yaml --model beta --model.beta 4 --model.net conv
+    vaezoo test --config configs/mnist_mlp.yaml --ckpt_path runs/mnist_mlp/version_0/checkpoints/last.ckpt
+    vaezoo variants          # every registered name, its description and where it came from
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+import warnings
+from collections.abc import Callable
+
+from jsonargparse import _typehints
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+import vaezoo.data  # noqa: F401 (registers the datasets)
+import vaezoo.likelihoods  # noqa: F401 (registers the likelihoods)
+import vaezoo.models  # noqa: F401 (registers the variants)
+import vaezoo.nets  # noqa: F401 (registers the nets)
+from vaezoo.data.base import ImageDataModule
+from vaezoo.errors import VAEZooError
+from vaezoo.models.base import VAE
+from vaezoo.registry import format_table, load_plugins, resolve_name, unknown_name_message
+
+DESCRIPTION = (
+    "vaezoo: train, compare and extend variational autoencoders. "
+    "Run `vaezoo variants` to list the registered variants, nets, datasets and likelihoods."
+)
+
+
+def _use_registry_names() -> None:
+    """Let jsonargparse take registry names (``beta``, ``conv``) wherever it takes a class name.
+
+    jsonargparse resolves a bare name by the ``__name__`` of the imported subclasses of the
+    expected type; it has no public hook for aliases, so vaezoo wraps that one function. The
+    wrapper answers only for names in a vaezoo registry whose class fits the expected type, and
+    turns an unknown bare name into a message listing the known ones. ``tests/test_cli.py`` checks
+    this against the installed jsonargparse.
+    """
+    original: Callable[..., str] = _typehints.resolve_class_path_by_name
+    if getattr(original, "_vaezoo", False):
+        return
+
+    def resolve(cls: type | tuple[type, ...], name: str) -> str:
+        if not isinstance(name, str) or "." in name:
+            return original(cls, name)
+        bases = tuple(t for t in (cls if isinstance(cls, tuple) else (cls,)) if inspect.isclass(t))
+        path = resolve_name(name, bases) or original(cls, name)
+        if "." not in path and (message := unknown_name_message(name, bases)):
+            raise ValueError(message)
+        return path
+
+    resolve._vaezoo = True  # type: ignore[attr-defined]
+    _typehints.resolve_class_path_by_name = resolve
+
+
+def _quiet_known_noise() -> None:
+    """Silence two messages that are not the user's business, by their exact text only."""
+    # Lightning 2.6 calls a torch.utils._pytree API that torch 2.14 deprecates.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # An advertisement for a hosted logger, printed on every run.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not record.getMessage().startswith("💡 Tip")
+    )
+
+
+class VAEZooCLI(LightningCLI):
+    """LightningCLI with the image shape linked from the DataModule into the model."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # image_shape is a property of the DataModule class, not an init arg: linking an init arg
+        # on instantiation makes Lightning's hparams merge fail once a logger is attached.
+        parser.link_arguments("data.image_shape", "model.init_args.image_shape", apply_on="instantiate")
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``vaezoo`` and ``python -m vaezoo``.
+
+    Args:
+        args: Command-line arguments; ``None`` reads ``sys.argv``.
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # a broken plugin warns once per start, visibly
+        load_plugins()
+    if argv[:1] == ["variants"]:
+        print(format_table(), end="")
+        return
+    _use_registry_names()
+    _quiet_known_noise()
+    try:
+        VAEZooCLI(
+            model_class=VAE,
+            datamodule_class=ImageDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"description": DESCRIPTION},
+            auto_configure_optimizers=False,  # the model takes its optimizer as an argument
+            args=args,
+        )
+    except VAEZooError as err:
+        print(f"vaezoo: error: {err}", file=sys.stderr)
+        sys.exit(2)

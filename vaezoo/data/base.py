@@ -1,0 +1,166 @@
+"""The DataModule base: whole splits as uint8 tensors, batches as tensor indexing.
+
+Each split lives in one uint8 ``(N, C, H, W)`` tensor with int64 ``(N,)`` labels. Batches travel
+to the device as uint8 (4x less to copy than float32) and become float32 in [0, 1] there, in
+:meth:`ImageDataModule.on_after_batch_transfer`.
+"""
+
+from typing import Any, Literal
+
+import lightning
+import torch
+from torch import Tensor
+
+from vaezoo.data.loader import EpochBatchSampler, TensorBatchLoader
+from vaezoo.errors import VAEZooError
+
+Split = Literal["train", "val", "test"]
+
+
+def error_reason(err: BaseException) -> str:
+    """The last line of an error, which for torchvision's download errors is the cause."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(err).__name__)[:200]
+
+
+class ImageDataModule(lightning.LightningDataModule):
+    """Base of the image DataModules: a seeded train/val split and uint8 tensor batches.
+
+    Subclasses set the class attributes and implement :meth:`_prepare` and :meth:`_load`.
+    ``image_shape`` is a class attribute, not an init argument, so the CLI can link
+    ``data.image_shape`` into the model without it entering the saved hyperparameters twice.
+
+    The validation set is carved out of the official training set with a fixed ``seed``, so it
+    is the same on every run and for any number of processes; ``test`` and ``predict`` use the
+    official test set.
+    """
+
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    num_classes: int
+    name: str
+
+    def __init__(
+        self,
+        root: str = "./data",
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        val_size: int = 5000,
+        seed: int = 0,
+        download: bool = True,
+    ) -> None:
+        """Store and check the settings; nothing is read from disk until ``setup``.
+
+        Args:
+            root: Folder holding the dataset files (or where they are downloaded to).
+            batch_size: Training batch size per device, in images.
+            eval_batch_size: Validation/test/predict batch size per device, in images.
+                None uses batch_size.
+            val_size: Number of images held out of the official training set for validation.
+            seed: Seed of the train/val split and of the training shuffle order (epoch e
+                is shuffled with seed + e), independent of seed_everything.
+            download: Fetch (or extract) the dataset when it is not already under root.
+        """
+        super().__init__()
+        if batch_size <= 0:
+            raise VAEZooError(f"batch_size must be a positive number of images, got {batch_size}: pass e.g. 128.")
+        if eval_batch_size is not None and eval_batch_size <= 0:
+            raise VAEZooError(
+                f"eval_batch_size must be a positive number of images or None (= batch_size), got {eval_batch_size}."
+            )
+        if val_size < 0:
+            raise VAEZooError(f"val_size must be >= 0 images, got {val_size}: pass e.g. 5000 (0 = no validation).")
+        if seed < 0:
+            raise VAEZooError(f"seed must be >= 0, got {seed}.")
+        self.save_hyperparameters()
+        self._splits: dict[Split, tuple[Tensor, Tensor]] = {}
+        # Positions in the official training set: saved so a run's split can be checked later.
+        self.train_indices: Tensor | None = None
+        self.val_indices: Tensor | None = None
+
+    def _prepare(self) -> None:
+        """Make the files available under ``root`` (download or check); runs on one process."""
+        raise NotImplementedError
+
+    def _load(self, train: bool) -> tuple[Tensor, Tensor]:
+        """Read the official training (``train=True``) or test split.
+
+        Returns:
+            Images as uint8 ``(N, C, H, W)`` and labels as int64 ``(N,)``.
+        """
+        raise NotImplementedError
+
+    def _finalize(self, images: Tensor, split: Split) -> Tensor:
+        """Fixed per-split preprocessing of uint8 ``(N, C, H, W)`` at setup; identity here."""
+        return images
+
+    def _to_float(self, x: Tensor, training: bool) -> Tensor:
+        """Turn a uint8 ``(B, C, H, W)`` batch on the device into float32 in [0, 1].
+
+        Args:
+            x: The batch, already on the device.
+            training: Whether it is a training batch (random augmentations apply only then).
+        """
+        return x.float().div_(255)
+
+    def prepare_data(self) -> None:
+        """Download or check the files (Lightning runs this on one process per node)."""
+        self._prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the splits the stage needs, once: a ``test`` after ``fit`` reuses memory."""
+        if stage in (None, "fit", "validate") and "train" not in self._splits:
+            images, labels = self._load(train=True)
+            n, val_size = len(images), self.hparams.val_size
+            if val_size >= n:
+                raise VAEZooError(
+                    f"val_size={val_size} leaves no training images: {self.name} has {n} training images. "
+                    f"Pass a --data.val_size below {n}."
+                )
+            # The same permutation on every process and for any world size: only the seed matters.
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.hparams.seed))
+            self.val_indices, self.train_indices = perm[:val_size], perm[val_size:]
+            for split, idx in (("train", self.train_indices), ("val", self.val_indices)):
+                self._splits[split] = (self._finalize(images[idx], split), labels[idx])
+        if stage in (None, "test", "predict") and "test" not in self._splits:
+            images, labels = self._load(train=False)
+            self._splits["test"] = (self._finalize(images, "test"), labels)
+
+    def _loader(self, split: Split, training: bool) -> TensorBatchLoader:
+        if split not in self._splits:
+            raise VAEZooError(f"The {split} split is not loaded: call setup() first (the Trainer does this).")
+        images, labels = self._splits[split]
+        batch_size = self.hparams.batch_size
+        if not training and self.hparams.eval_batch_size is not None:
+            batch_size = self.hparams.eval_batch_size
+        sampler = EpochBatchSampler(
+            len(images), batch_size, shuffle=training, drop_last=training, seed=self.hparams.seed
+        )
+        loader = TensorBatchLoader(images, labels, sampler)
+        if training and len(loader) == 0:
+            raise VAEZooError(
+                f"batch_size={batch_size} is more than the {len(images)} training images "
+                f"(shared over {sampler.rank_world()[1]} processes) can fill once: pass a smaller --data.batch_size."
+            )
+        return loader
+
+    def train_dataloader(self) -> TensorBatchLoader:
+        """Shuffled training batches; the incomplete last batch is dropped."""
+        return self._loader("train", training=True)
+
+    def val_dataloader(self) -> TensorBatchLoader:
+        """Validation batches in a fixed order, every image once."""
+        return self._loader("val", training=False)
+
+    def test_dataloader(self) -> TensorBatchLoader:
+        """Official test-set batches in order, every image once."""
+        return self._loader("test", training=False)
+
+    def predict_dataloader(self) -> TensorBatchLoader:
+        """The test-set batches, for ``predict``."""
+        return self._loader("test", training=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        """Convert the uint8 images to float32 on the device, where the batch already is."""
+        images, labels = batch
+        training = self.trainer is not None and self.trainer.training
+        return self._to_float(images, training), labels

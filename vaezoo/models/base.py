@@ -1,0 +1,217 @@
+"""The ELBO machinery every variant inherits.
+
+For an image x with D pixels and a latent code z of size L, with encoder q(z | x), prior p(z) and
+decoder p(x | z), the evidence lower bound (Kingma & Welling 2014) is
+
+    ELBO(x) = E_q[log p(x | z)] - KL(q(z | x) || p(z))  <=  log p(x)
+
+- q(z | x) = N(mu(x), diag(exp(logvar(x)))): the encoder outputs mu and logvar, shape (B, L).
+- Reparameterisation: z = mu + exp(logvar / 2) * eps with eps ~ N(0, I), so gradients reach the
+  encoder through the sample. One sample per image estimates E_q[log p(x | z)].
+- p(z) = N(0, I), so the KL is analytic, per latent dimension:
+      KL_l = (mu_l^2 + exp(logvar_l) - 1 - logvar_l) / 2,   KL = sum_l KL_l.
+- recon = -log p(x | z), summed over pixels by the likelihood.
+
+Units: every term is summed over pixels and latent dimensions and averaged over the batch, so all
+figures are in nats per image. Where the likelihood is a mass function over discrete pixels,
+bits/dim = -ELBO / (D ln 2) is an upper bound on the data's bits per dimension.
+
+What is logged, under ``train/``, ``val/`` and ``test/``: ``loss`` (the minimised objective),
+``elbo`` (nats per image, higher is better), ``recon`` and ``kl`` (nats per image), and ``bpd``
+(bits per dimension) where the likelihood is discrete. Variants change only :meth:`VAE.loss`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from jsonargparse import lazy_instance
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from vaezoo.errors import VAEZooError
+from vaezoo.likelihoods import Bernoulli, Likelihood
+from vaezoo.nets.base import ImageShape, Net, NetFactory
+from vaezoo.nets.mlp import MLPNet
+from vaezoo.registry import register_variant
+
+_EVAL_STAGES = ("val", "test")
+
+
+@dataclass
+class DiagonalGaussian:
+    """The posterior q(z | x) = N(mean, diag(exp(logvar))) of a batch."""
+
+    mean: Tensor  # (B, L)
+    logvar: Tensor  # (B, L)
+
+    def rsample(self) -> Tensor:
+        """A reparameterised sample z = mean + exp(logvar / 2) * eps, ``(B, L)``."""
+        return self.mean + torch.exp(0.5 * self.logvar) * torch.randn_like(self.mean)
+
+    def kl_per_dim(self) -> Tensor:
+        """KL(q || N(0, I)) per latent dimension, ``(B, L)`` in nats, computed in fp32."""
+        mean, logvar = self.mean.float(), self.logvar.float()
+        return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+@dataclass
+class VAEOutput:
+    """What one forward pass computes. Terms are per image, in nats."""
+
+    posterior: DiagonalGaussian
+    z: Tensor  # (B, L) the sample the decoder saw
+    params: Tensor  # (B, P * C, H, W) the likelihood's parameters
+    recon: Tensor  # (B,) -log p(x | z)
+    kl_per_dim: Tensor  # (B, L) KL(q(z_l | x) || N(0, 1))
+
+    @property
+    def kl(self) -> Tensor:
+        """KL(q(z | x) || p(z)), ``(B,)`` nats per image."""
+        return self.kl_per_dim.sum(1)
+
+    @property
+    def elbo(self) -> Tensor:
+        """The evidence lower bound, ``(B,)`` nats per image."""
+        return -(self.recon + self.kl)
+
+
+@register_variant("vanilla")
+class VAE(L.LightningModule):
+    """The VAE of Kingma & Welling (2014): minimise -ELBO = recon + KL, in nats per image.
+
+    The base class of every variant: it holds encoding, reparameterised sampling, the KL to the
+    N(0, I) prior, decoding and the likelihood. A variant overrides :meth:`loss` and adds its own
+    hyperparameters.
+
+    Args:
+        net: The encoder-decoder pair, by name (``mlp``, ``conv``, or a plugin's) or class path, with
+            its own arguments under ``init_args``.
+        latent_dim: Size of the latent code z (number of latent dimensions).
+        likelihood: The decoder's distribution p(x | z): ``Bernoulli`` for binarised images,
+            ``DiscretizedLogistic`` for 8-bit colour (bits/dim is a bound), ``Gaussian`` for an MSE-style
+            objective.
+        image_shape: (channels, height, width). Linked from the DataModule by the CLI; set it only
+            when using the model on its own.
+        optimizer: The optimiser, e.g. ``{class_path: torch.optim.Adam, init_args: {lr: 0.001}}``.
+        lr_scheduler: An optional learning-rate scheduler, stepped every epoch.
+    """
+
+    def __init__(
+        self,
+        net: NetFactory = MLPNet,
+        latent_dim: int = 32,
+        likelihood: Likelihood = lazy_instance(Bernoulli),
+        image_shape: ImageShape = (1, 28, 28),
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        if latent_dim <= 0:
+            raise VAEZooError(f"latent_dim must be a positive integer, got {latent_dim}; e.g. --model.latent_dim 32.")
+        self.save_hyperparameters(ignore=["likelihood"] if isinstance(likelihood, nn.Module) else None)
+        self.latent_dim = latent_dim
+        self.image_shape: ImageShape = tuple(image_shape)  # type: ignore[assignment]
+        self.likelihood = likelihood
+        self.net: Net = net(self.image_shape, latent_dim, image_shape[0] * likelihood.params_per_channel)
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        # Epoch means of every logged term, exact across batches of unequal size and across DDP ranks.
+        terms = ["loss", "elbo", "recon", "kl"] + (["bpd"] if likelihood.discrete else [])
+        self.eval_means = nn.ModuleDict(
+            {stage: nn.ModuleDict({t: MeanMetric() for t in terms}) for stage in _EVAL_STAGES}
+        )
+
+    # ----- the user-facing API ---------------------------------------------------------------------
+
+    def encode(self, x: Tensor) -> DiagonalGaussian:
+        """The posterior q(z | x) of images ``x`` ``(B, C, H, W)`` in [0, 1]."""
+        mean, logvar = self.net.encoder(x).chunk(2, dim=1)  # (B, L) each
+        return DiagonalGaussian(mean, logvar)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """The likelihood's parameters ``(B, P * C, H, W)`` for codes ``z`` ``(B, L)``."""
+        return self.net.decoder(z)
+
+    def forward(self, x: Tensor) -> VAEOutput:
+        """Encode, sample z by reparameterisation, decode and score ``x`` ``(B, C, H, W)``."""
+        posterior = self.encode(x)
+        z = posterior.rsample()
+        params = self.decode(z)
+        recon = -self.likelihood.log_prob(params, x)
+        return VAEOutput(posterior, z, params, recon, posterior.kl_per_dim())
+
+    @torch.no_grad()
+    def sample(self, n: int, mean: bool = True) -> Tensor:
+        """``n`` images ``(n, C, H, W)`` in [0, 1] decoded from z ~ N(0, I).
+
+        Args:
+            n: How many images.
+            mean: Return E[x | z] (smooth images) instead of a draw from p(x | z).
+        """
+        params = self.decode(torch.randn(n, self.latent_dim, device=self.device))
+        return self.likelihood.mean(params) if mean else self.likelihood.sample(params)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """E[x | z = posterior mean] for images ``x`` ``(B, C, H, W)``: the model's reconstruction."""
+        return self.likelihood.mean(self.decode(self.encode(x).mean))
+
+    def bits_per_dim(self, nats: Tensor) -> Tensor:
+        """Converts nats per image to bits per dimension (divide by D ln 2, D = C * H * W)."""
+        return nats / (math.prod(self.image_shape) * math.log(2))
+
+    # ----- the objective: what variants override ---------------------------------------------------
+
+    def loss(self, out: VAEOutput) -> Tensor:
+        """The minimised objective, a scalar: -ELBO averaged over the batch, nats per image."""
+        return -out.elbo.mean()
+
+    # ----- Lightning ---------------------------------------------------------------------------------
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        x, _ = batch  # (B, C, H, W) float in [0, 1], already on the device
+        out = self(x)
+        loss = self.loss(out)
+        terms = {"loss": loss, "elbo": out.elbo, "recon": out.recon, "kl": out.kl}
+        if self.likelihood.discrete:
+            terms["bpd"] = self.bits_per_dim(-out.elbo)
+        if stage == "train":
+            # Plain tensors: Lightning accumulates them on the device, no host sync per step.
+            for name, value in terms.items():
+                self.log(f"train/{name}", value.mean(), on_step=True, on_epoch=True, prog_bar=name == "loss")
+        else:
+            for name, value in terms.items():
+                metric = self.eval_means[stage][name]
+                metric.update(value.detach() if value.dim() else value.detach().expand(x.shape[0]))
+                self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "elbo")
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        x, y = batch
+        posterior = self.encode(x)
+        return {
+            "mean": posterior.mean,
+            "logvar": posterior.logvar,
+            "reconstruction": self.likelihood.mean(self.decode(posterior.mean)),
+            "label": y,
+        }
+
+    def configure_optimizers(self):  # noqa: ANN201 (Lightning accepts several return types)
+        optimizer = self.optimizer(self.parameters())
+        if self.lr_scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}

@@ -1,0 +1,80 @@
+"""Convolutional encoder and decoder that adapt to the image shape."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import nn
+
+from vaezoo.errors import VAEZooError
+from vaezoo.nets.base import ACTIVATIONS, ImageShape, Net
+from vaezoo.registry import register_net
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(next(g for g in (8, 4, 2, 1) if channels % g == 0), channels)
+    return nn.Identity()
+
+
+@register_net("conv")
+class ConvNet(Net):
+    """Strided conv encoder and transposed-conv decoder; each layer halves (doubles) the image size.
+
+    Works for any image whose height and width are divisible by ``2 ** len(channels)``: 1x28x28
+    and 3x32x32 with the default two layers, 3x32x32 with up to five.
+
+    Args:
+        image_shape: Supplied by the model from the data; not set in configs.
+        latent_dim: Supplied by the model; not set in configs.
+        out_channels: Supplied by the model; not set in configs.
+        channels: Channels of the encoder's stride-2 conv layers; the decoder uses them reversed.
+        activation: Nonlinearity after every conv layer.
+        norm: Normalisation after every hidden conv layer: none, batch or group.
+    """
+
+    def __init__(
+        self,
+        image_shape: ImageShape,
+        latent_dim: int,
+        out_channels: int,
+        channels: list[int] = [32, 64],  # noqa: B006 (jsonargparse needs the literal default)
+        activation: Literal["relu", "tanh", "elu", "gelu", "silu", "leaky_relu", "softplus"] = "relu",
+        norm: Literal["none", "batch", "group"] = "none",
+    ) -> None:
+        super().__init__(image_shape, latent_dim, out_channels)
+        c, h, w = image_shape
+        factor = 2 ** len(channels)
+        if not channels or min(channels) <= 0:
+            raise VAEZooError(f"conv net needs at least one layer of positive channels, got {channels}.")
+        if h % factor or w % factor:
+            raise VAEZooError(
+                f"conv net with {len(channels)} stride-2 layers needs height and width divisible by "
+                f"{factor}, but the images are {c}x{h}x{w}. Use fewer layers in --model.net.channels "
+                f"(e.g. {len(channels) - 1} entries) or resize the images."
+            )
+        act = ACTIVATIONS[activation]
+        hf, wf = h // factor, w // factor  # spatial size at the bottleneck
+
+        def down(a: int, b: int) -> list[nn.Module]:  # (B, a, H, W) -> (B, b, H/2, W/2)
+            return [nn.Conv2d(a, b, 4, stride=2, padding=1), _norm(norm, b), act()]
+
+        def up(a: int, b: int) -> list[nn.Module]:  # (B, a, H, W) -> (B, b, 2H, 2W)
+            return [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1), _norm(norm, b), act()]
+
+        sizes = [c, *channels]
+        self.encoder = nn.Sequential(
+            *[m for a, b in zip(sizes, sizes[1:]) for m in down(a, b)],
+            nn.Flatten(),  # (B, channels[-1] * hf * wf)
+            nn.Linear(channels[-1] * hf * wf, 2 * latent_dim),
+        )
+        rev = channels[::-1]
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim, rev[0] * hf * wf),
+            act(),
+            nn.Unflatten(1, (rev[0], hf, wf)),
+            *[m for a, b in zip(rev, [*rev[1:], rev[-1]]) for m in up(a, b)],  # back to (B, channels[0], H, W)
+            nn.Conv2d(rev[-1], out_channels, 3, padding=1),  # likelihood parameters, no activation
+        )

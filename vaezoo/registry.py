@@ -1,0 +1,192 @@
+"""Name -> class registries for variants, nets, datasets and likelihoods, fed by a decorator and by plugins.
+
+Built-in classes register themselves with a one-line decorator::
+
+    @register_variant("beta")
+    class BetaVAE(VAE): ...
+
+Third-party packages add theirs with no edit to vaezoo, through entry points in their own
+``pyproject.toml``::
+
+    [project.entry-points."vaezoo.variants"]
+    iwae = "vaezoo_iwae:IWAE"      # a class (registered under the entry-point name) or a module
+
+The registered names work wherever jsonargparse takes a class: ``--model beta``,
+``--model.net conv``, ``--data mnist``, ``--model.likelihood logistic`` and ``class_path: beta`` in config files.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import inspect
+import warnings
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TypeVar
+
+from vaezoo.errors import VAEZooError
+
+T = TypeVar("T", bound=type)
+
+# Set while a plugin's entry point is being imported, so what it registers is credited to it.
+_loading_source: ContextVar[str | None] = ContextVar("_loading_source", default=None)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered class: its name, the class, a one-line description and where it came from."""
+
+    name: str
+    cls: type
+    source: str
+
+    @property
+    def description(self) -> str:
+        doc = inspect.getdoc(self.cls) or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+    @property
+    def class_path(self) -> str:
+        return f"{self.cls.__module__}.{self.cls.__qualname__}"
+
+
+class Registry:
+    """Names for one kind of class (``variant``, ``net`` or ``dataset``).
+
+    Args:
+        kind: What the names stand for, used in messages.
+        group: The entry-point group plugins declare themselves in.
+    """
+
+    def __init__(self, kind: str, group: str) -> None:
+        self.kind = kind
+        self.group = group
+        self._entries: dict[str, Entry] = {}
+        self._plugins_loaded = False
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """A class decorator that registers the class under ``name``.
+
+        Raises:
+            VAEZooError: If ``name`` is already taken by another class.
+        """
+
+        def deco(cls: T) -> T:
+            self._add(name, cls, _loading_source.get() or cls.__module__.split(".")[0])
+            return cls
+
+        return deco
+
+    def _add(self, name: str, cls: type, source: str) -> None:
+        old = self._entries.get(name)
+        if old is not None:
+            if old.class_path == f"{cls.__module__}.{cls.__qualname__}":
+                return  # the same class imported again (a module reload): not a clash
+            raise VAEZooError(
+                f"{self.kind} name {name!r} is already registered by {old.class_path} (from {old.source}); "
+                f"{cls.__module__}.{cls.__qualname__} cannot take it too. Register it under another name."
+            )
+        self._entries[name] = Entry(name, cls, source)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(sorted(self._entries.values(), key=lambda e: e.name))
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def get(self, name: str) -> type:
+        """The class registered as ``name``.
+
+        Raises:
+            VAEZooError: If no class has that name; the message lists the known ones.
+        """
+        if name not in self._entries:
+            raise VAEZooError(self.unknown_message(name))
+        return self._entries[name].cls
+
+    def unknown_message(self, name: str) -> str:
+        close = difflib.get_close_matches(name, self.names(), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        return (
+            f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(self.names())}. "
+            f"Run `vaezoo variants` to list them, or give a full class path such as 'my_pkg.module.MyClass'."
+        )
+
+    def load_plugins(self) -> None:
+        """Import every entry point of ``self.group`` once.
+
+        A plugin that fails to import (or registers a name already taken) is skipped with a warning
+        naming it; everything else keeps working.
+        """
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        for ep in importlib.metadata.entry_points(group=self.group):
+            dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
+            source = f"plugin {dist} ({self.group}: {ep.name})"
+            token = _loading_source.set(source)
+            try:
+                obj = ep.load()  # importing runs the plugin's own decorators, if it has any
+                if inspect.isclass(obj) and not any(e.cls is obj for e in self._entries.values()):
+                    self._add(ep.name, obj, source)  # a bare class: register it under the entry-point name
+            except Exception as err:  # one broken plugin must not take the CLI down
+                warnings.warn(
+                    f"vaezoo {self.kind} plugin {ep.name!r} ({ep.value}, from {dist}) failed to load and is "
+                    f"skipped: {type(err).__name__}: {err}",
+                    stacklevel=2,
+                )
+            finally:
+                _loading_source.reset(token)
+
+
+VARIANTS = Registry("variant", "vaezoo.variants")
+NETS = Registry("net", "vaezoo.nets")
+DATASETS = Registry("dataset", "vaezoo.datasets")
+LIKELIHOODS = Registry("likelihood", "vaezoo.likelihoods")
+REGISTRIES = (VARIANTS, NETS, DATASETS, LIKELIHOODS)
+
+register_variant = VARIANTS.register
+register_net = NETS.register
+register_dataset = DATASETS.register
+register_likelihood = LIKELIHOODS.register
+
+
+def load_plugins() -> None:
+    """Discover the plugins of every registry (called when the CLI starts)."""
+    for registry in REGISTRIES:
+        registry.load_plugins()
+
+
+def resolve_name(name: str, bases: tuple[type, ...]) -> str | None:
+    """The class path registered as ``name`` for a class deriving from one of ``bases``, if any."""
+    for registry in REGISTRIES:
+        entry = registry._entries.get(name)
+        if entry is not None and any(issubclass(entry.cls, b) for b in bases):
+            return entry.class_path
+    return None
+
+
+def unknown_name_message(name: str, bases: tuple[type, ...]) -> str | None:
+    """The "unknown name, known ones are ..." message for the registry serving ``bases``, if any."""
+    for registry in REGISTRIES:
+        if any(issubclass(e.cls, b) for e in registry for b in bases):
+            return registry.unknown_message(name)
+    return None
+
+
+def format_table() -> str:
+    """Every registered name with its description and source, one registry after another."""
+    lines: list[str] = []
+    for registry in REGISTRIES:
+        entries = list(registry)
+        lines.append(f"{registry.kind}s ({registry.group}):")
+        width = max((len(e.name) for e in entries), default=0)
+        for e in entries:
+            lines.append(f"  {e.name:<{width}}  {e.description}  [{e.source}: {e.class_path}]")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
