@@ -79,7 +79,8 @@ def test_fit_then_test_reports_nats_per_image(roots, capsys) -> None:
     assert ckpt.exists()
     code, out, err = run_cli("test", *common, "--ckpt_path", str(ckpt), capsys=capsys)
     assert code == 0, err
-    for key in ("test/elbo", "test/recon", "test/kl", "test/bpd", "test/loss"):
+    for key in ("test/elbo", "test/recon", "test/kl", "test/bpd", "test/loss", "test/nll", "test/nll_bpd",
+                "test/mse", "test/psnr", "test/active_units"):
         assert key in out
     metrics = Path("runs/mnist_mlp/version_1/metrics.csv").read_text()
     assert "test/elbo" in metrics

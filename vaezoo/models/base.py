@@ -16,9 +16,21 @@ Units: every term is summed over pixels and latent dimensions and averaged over 
 figures are in nats per image. Where the likelihood is a mass function over discrete pixels,
 bits/dim = -ELBO / (D ln 2) is an upper bound on the data's bits per dimension.
 
+Importance-weighted bound (Burda et al. 2015), for the test NLL: with k samples z_i ~ q(z | x),
+
+    log w_i = log p(x | z_i) + log p(z_i) - log q(z_i | x)
+    log p(x) >= L_k = E[ logsumexp_i(log w_i) - log k ]
+
+L_1 is the ELBO (with the KL estimated by sampling instead of analytically), L_k never decreases
+with k and tends to log p(x), so -L_k for a large k (1,000 by default) is the test NLL a paper
+reports. The log-weights and their log-sum-exp run in fp32.
+
 What is logged, under ``train/``, ``val/`` and ``test/``: ``loss`` (the minimised objective),
 ``elbo`` (nats per image, higher is better), ``recon`` and ``kl`` (nats per image), and ``bpd``
-(bits per dimension) where the likelihood is discrete. Variants change only :meth:`VAE.loss`.
+(bits per dimension) where the likelihood is discrete. Under ``val/`` and ``test/`` also
+``mse`` and ``psnr`` (dB) of the reconstructions on [0, 1] pixels, ``active_units`` (latent
+dimensions whose posterior mean varies over the data, Burda et al.), and, where importance samples
+are asked for, ``nll`` (nats per image) and ``nll_bpd``. Variants change only :meth:`VAE.loss`.
 """
 
 from __future__ import annotations
@@ -31,15 +43,18 @@ import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, MeanSquaredError
+from torchmetrics.image import PeakSignalNoiseRatio
 
 from vaezoo.errors import VAEZooError
 from vaezoo.likelihoods import Bernoulli, Likelihood
+from vaezoo.metrics import LatentActivity
 from vaezoo.nets.base import ImageShape, Net, NetFactory
 from vaezoo.nets.mlp import MLPNet
 from vaezoo.registry import register_variant
 
 _EVAL_STAGES = ("val", "test")
+_IW_IMAGES_PER_CHUNK = 8192  # decoder inputs per chunk of importance samples: bounds memory
 
 
 @dataclass
@@ -49,9 +64,15 @@ class DiagonalGaussian:
     mean: Tensor  # (B, L)
     logvar: Tensor  # (B, L)
 
-    def rsample(self) -> Tensor:
-        """A reparameterised sample z = mean + exp(logvar / 2) * eps, ``(B, L)``."""
-        return self.mean + torch.exp(0.5 * self.logvar) * torch.randn_like(self.mean)
+    def rsample(self, k: int | None = None) -> Tensor:
+        """A reparameterised sample z = mean + exp(logvar / 2) * eps: ``(B, L)``, or ``(k, B, L)``."""
+        eps = torch.randn_like(self.mean) if k is None else torch.randn((k, *self.mean.shape), device=self.mean.device)
+        return self.mean + torch.exp(0.5 * self.logvar) * eps.to(self.mean.dtype)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log q(z | x) summed over the latent dimensions, fp32: ``(..., B, L)`` -> ``(..., B)``."""
+        mean, logvar = self.mean.float(), self.logvar.float()
+        return (-0.5 * ((z.float() - mean) ** 2 / logvar.exp() + logvar + math.log(2 * math.pi))).sum(-1)
 
     def kl_per_dim(self) -> Tensor:
         """KL(q || N(0, I)) per latent dimension, ``(B, L)`` in nats, computed in fp32."""
@@ -97,6 +118,9 @@ class VAE(L.LightningModule):
             objective.
         image_shape: (channels, height, width). Linked from the DataModule by the CLI; set it only
             when using the model on its own.
+        iw_samples: Importance samples k per test image for ``test/nll`` (Burda et al.); null turns
+            the test NLL off. Costs k decoder passes per image.
+        val_iw_samples: The same for ``val/nll`` at every validation; null (the default) turns it off.
         optimizer: The optimiser, e.g. ``{class_path: torch.optim.Adam, init_args: {lr: 0.001}}``.
         lr_scheduler: An optional learning-rate scheduler, stepped every epoch.
     """
@@ -107,24 +131,36 @@ class VAE(L.LightningModule):
         latent_dim: int = 32,
         likelihood: Likelihood = lazy_instance(Bernoulli),
         image_shape: ImageShape = (1, 28, 28),
+        iw_samples: int | None = 1000,
+        val_iw_samples: int | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
         if latent_dim <= 0:
             raise VAEZooError(f"latent_dim must be a positive integer, got {latent_dim}; e.g. --model.latent_dim 32.")
+        for name, k in (("iw_samples", iw_samples), ("val_iw_samples", val_iw_samples)):
+            if k is not None and k <= 0:
+                raise VAEZooError(f"{name} must be a positive number of importance samples or null (off), got {k}.")
         self.save_hyperparameters(ignore=["likelihood"] if isinstance(likelihood, nn.Module) else None)
         self.latent_dim = latent_dim
         self.image_shape: ImageShape = tuple(image_shape)  # type: ignore[assignment]
         self.likelihood = likelihood
         self.net: Net = net(self.image_shape, latent_dim, image_shape[0] * likelihood.params_per_channel)
+        self.iw_samples = {"val": val_iw_samples, "test": iw_samples}
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         # Epoch means of every logged term, exact across batches of unequal size and across DDP ranks.
-        terms = ["loss", "elbo", "recon", "kl"] + (["bpd"] if likelihood.discrete else [])
+        terms = ["loss", "elbo", "recon", "kl", "nll"]
+        terms += ["bpd", "nll_bpd"] if likelihood.discrete else []
         self.eval_means = nn.ModuleDict(
             {stage: nn.ModuleDict({t: MeanMetric() for t in terms}) for stage in _EVAL_STAGES}
         )
+        self.eval_mse = nn.ModuleDict({stage: MeanSquaredError() for stage in _EVAL_STAGES})
+        self.eval_psnr = nn.ModuleDict({stage: PeakSignalNoiseRatio(data_range=1.0) for stage in _EVAL_STAGES})
+        self.latent_activity = nn.ModuleDict({stage: LatentActivity(latent_dim) for stage in _EVAL_STAGES})
+        # The last computed per-dimension statistics of each stage (activity, kl_per_dim), for plots.
+        self.latent_stats: dict[str, dict[str, Tensor]] = {}
 
     # ----- the user-facing API ---------------------------------------------------------------------
 
@@ -161,6 +197,30 @@ class VAE(L.LightningModule):
         """E[x | z = posterior mean] for images ``x`` ``(B, C, H, W)``: the model's reconstruction."""
         return self.likelihood.mean(self.decode(self.encode(x).mean))
 
+    @torch.no_grad()
+    def importance_log_likelihood(self, x: Tensor, k: int) -> Tensor:
+        """The importance-weighted estimate L_k of log p(x), ``(B,)`` nats per image, fp32.
+
+        Chunks the k samples so that at most ~8,192 images go through the decoder at once.
+
+        Args:
+            x: Images ``(B, C, H, W)`` in [0, 1].
+            k: Number of importance samples per image.
+        """
+        posterior = self.encode(x)
+        b = x.shape[0]
+        chunk = max(1, _IW_IMAGES_PER_CHUNK // b)
+        log_w = []
+        for start in range(0, k, chunk):
+            c = min(chunk, k - start)
+            z = posterior.rsample(c)  # (c, B, L)
+            params = self.decode(z.flatten(0, 1))  # (c * B, P * C, H, W)
+            log_px = self.likelihood.log_prob(params, x.expand(c, *x.shape).flatten(0, 1)).view(c, b)
+            log_pz = (-0.5 * (z.float() ** 2 + math.log(2 * math.pi))).sum(-1)  # (c, B)
+            log_w.append(log_px + log_pz - posterior.log_prob(z))
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k)
+
     def bits_per_dim(self, nats: Tensor) -> Tensor:
         """Converts nats per image to bits per dimension (divide by D ln 2, D = C * H * W)."""
         return nats / (math.prod(self.image_shape) * math.log(2))
@@ -185,11 +245,39 @@ class VAE(L.LightningModule):
             for name, value in terms.items():
                 self.log(f"train/{name}", value.mean(), on_step=True, on_epoch=True, prog_bar=name == "loss")
         else:
-            for name, value in terms.items():
-                metric = self.eval_means[stage][name]
-                metric.update(value.detach() if value.dim() else value.detach().expand(x.shape[0]))
-                self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "elbo")
+            self._evaluate(x, out, terms, stage)
         return loss
+
+    def _evaluate(self, x: Tensor, out: VAEOutput, terms: dict[str, Tensor], stage: str) -> None:
+        """Update and log the validation or test metrics of one batch."""
+        k = self.iw_samples[stage]
+        if k is not None:
+            terms["nll"] = -self.importance_log_likelihood(x, k)
+            if self.likelihood.discrete:
+                terms["nll_bpd"] = self.bits_per_dim(terms["nll"])
+        for name, value in terms.items():
+            metric = self.eval_means[stage][name]
+            metric.update(value.detach() if value.dim() else value.detach().expand(x.shape[0]))
+            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "elbo")
+        recon = self.likelihood.mean(self.decode(out.posterior.mean))  # (B, C, H, W) in [0, 1]
+        for name, metric in (("mse", self.eval_mse[stage]), ("psnr", self.eval_psnr[stage])):
+            metric.update(recon.float(), x.float())
+            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True)
+        self.latent_activity[stage].update(out.posterior.mean, out.kl_per_dim)
+
+    def _log_latent_activity(self, stage: str) -> None:
+        metric = self.latent_activity[stage]
+        if not metric.update_called:
+            return
+        self.latent_stats[stage] = stats = metric.compute()  # synced across processes
+        metric.reset()
+        self.log(f"{stage}/active_units", stats["active_units"])
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_latent_activity("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_latent_activity("test")
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, "train")
