@@ -21,6 +21,7 @@ import vaezoo.data  # noqa: F401 (registers the datasets)
 import vaezoo.likelihoods  # noqa: F401 (registers the likelihoods)
 import vaezoo.models  # noqa: F401 (registers the variants)
 import vaezoo.nets  # noqa: F401 (registers the nets)
+from vaezoo.callbacks import FID, ImageLogger, PredictionWriter
 from vaezoo.data.base import ImageDataModule
 from vaezoo.errors import VAEZooError
 from vaezoo.models.base import VAE
@@ -75,6 +76,11 @@ class VAEZooCLI(LightningCLI):
         # image_shape is a property of the DataModule class, not an init arg: linking an init arg
         # on instantiation makes Lightning's hparams merge fail once a logger is attached.
         parser.link_arguments("data.image_shape", "model.init_args.image_shape", apply_on="instantiate")
+        # Every run gets pictures, FID (off until --fid.num_samples is set) and predict's writer.
+        parser.add_lightning_class_args(ImageLogger, "images")
+        parser.add_lightning_class_args(FID, "fid")
+        parser.set_defaults({"fid.num_samples": 0})
+        parser.add_lightning_class_args(PredictionWriter, "predict_writer")
 
 
 def main(args: list[str] | None = None) -> None:
