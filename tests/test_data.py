@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import lightning
-import numpy as np
 import pytest
 import torch
 
@@ -14,8 +13,6 @@ from tests.data_files import (
     cifar10_image,
     copy_real_mnist,
     flat_colour,
-    patch_cifar10_md5s,
-    write_cifar10_batches,
     write_cifar10_jpeg_mirror,
     write_mnist_idx,
 )
