@@ -175,3 +175,32 @@ def test_broken_plugin_warns_and_the_cli_still_works(tiny_mnist, tmp_path: Path)
     assert fit.returncode == 0, fit.stderr
     assert "vaezoo variant plugin 'broken' (vz_broken:Broken, from vaezoo-broken 0.1) failed to load" in fit.stderr
     assert "needs a missing lib" in fit.stderr
+
+
+def test_missing_checkpoint_is_named_before_anything_runs(roots, capsys) -> None:
+    code, _, err = run_cli(
+        "test", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), "--data.root", str(roots["mnist"]),
+        "--ckpt_path", "runs/nope/last.ckpt", capsys=capsys,
+    )
+    assert code == 2
+    assert "--ckpt_path runs/nope/last.ckpt does not exist" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("k", ["0", "-5"])
+def test_non_positive_importance_samples_are_refused(k: str, roots, capsys) -> None:
+    code, _, err = run_cli(
+        "test", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), "--data.root", str(roots["mnist"]),
+        "--model.iw_samples", k, capsys=capsys,
+    )
+    assert code == 2
+    assert f"iw_samples must be a positive number of importance samples or null (off), got {k}" in err
+
+
+def test_test_prints_fid_with_a_pluggable_extractor(roots, capsys) -> None:
+    code, out, err = run_cli(
+        "test", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), "--data.root", str(roots["mnist"]), *SMALL,
+        "--model.iw_samples", "5", "--fid.num_samples", "16", "--fid.feature", "vaezoo.callbacks.fid.RandomConvFeatures",
+        "--fid.feature.num_features", "8", capsys=capsys,
+    )
+    assert code == 0, err
+    assert "test/fid" in out

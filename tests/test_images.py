@@ -13,7 +13,7 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 import vaezoo
-from vaezoo.callbacks.images import ImageLogger, most_active_dims
+from vaezoo.callbacks.images import latent_kl_figure, ImageLogger, most_active_dims
 from vaezoo.callbacks.log_media import image_path, log_figure, log_image
 from vaezoo.data.mnist import MNISTDataModule
 from vaezoo.errors import VAEZooError
@@ -72,6 +72,7 @@ def test_fit_and_test_write_every_picture_at_its_grid_size(latent_dim: int, tiny
         "interpolations": grid_hw(3 * 4, nrow=4),
         "traversals": grid_hw(min(3, latent_dim) * 5, nrow=5),  # never more rows than latent dims
     }
+    expected_hw["latent_kl"] = (500, 500)  # bar charts of the KL and activity per dimension, 5 x 5 inches
     if latent_dim == 2:
         expected_hw["manifold"] = grid_hw(4 * 4, nrow=4)
         expected_hw["latent_scatter"] = (450, 500)  # 5 x 4.5 inches at 100 dpi
@@ -86,6 +87,15 @@ def test_fit_and_test_write_every_picture_at_its_grid_size(latent_dim: int, tiny
     assert sorted(written) == sorted(expected)
     for name, path in written.items():
         assert png_hw(path) == expected[name], name
+
+
+def test_latent_kl_figure_shows_each_dimension() -> None:
+    stats = {"kl_per_dim": torch.tensor([2.0, 0.0, 0.5]), "activity": torch.tensor([0.5, 0.0, 0.02])}
+    fig = latent_kl_figure(stats)
+    top, bottom = fig.axes
+    assert [bar.get_height() for bar in top.patches] == pytest.approx([2.0, 0.0, 0.5])
+    assert top.get_title() == "2 of 3 latent dimensions active"
+    assert bottom.get_yscale() == "log"
 
 
 def test_every_n_epochs_the_end_of_fit_and_eval_mode(tiny_mnist, tmp_path: Path, monkeypatch) -> None:

@@ -13,9 +13,14 @@ import logging
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
-from jsonargparse import _typehints
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+import yaml
+from jsonargparse import Namespace, _typehints
+from jsonargparse._util import import_object
+from lightning import LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 
 import vaezoo.data  # noqa: F401 (registers the datasets)
 import vaezoo.likelihoods  # noqa: F401 (registers the likelihoods)
@@ -23,10 +28,12 @@ import vaezoo.models  # noqa: F401 (registers the variants)
 import vaezoo.nets  # noqa: F401 (registers the nets)
 from vaezoo.callbacks import FID, ImageLogger, PredictionWriter
 from vaezoo.data.base import ImageDataModule
+from vaezoo import tracking
 from vaezoo.errors import VAEZooError
 from vaezoo.models.base import VAE
 from vaezoo.registry import format_table, load_plugins, resolve_name, unknown_name_message
 
+_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # what Lightning resolves itself
 DESCRIPTION = (
     "vaezoo: train, compare and extend variational autoencoders. "
     "Run `vaezoo variants` to list the registered variants, nets, datasets and likelihoods."
@@ -60,7 +67,10 @@ def _use_registry_names() -> None:
 
 
 def _quiet_known_noise() -> None:
-    """Silence two messages that are not the user's business, by their exact text only."""
+    """Silence messages that are not the user's business, by their exact text only."""
+    # Lightning 2.6 calls jsonargparse APIs that 4.49+ deprecates (the only ones it names).
+    for old in ("instantiate_classes", "skip_none parameter"):
+        warnings.filterwarnings("ignore", message=rf"\s*``?{old}")
     # Lightning 2.6 calls a torch.utils._pytree API that torch 2.14 deprecates.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     # An advertisement for a hosted logger, printed on every run.
@@ -72,6 +82,33 @@ def _quiet_known_noise() -> None:
 class VAEZooCLI(LightningCLI):
     """LightningCLI with the image shape linked from the DataModule into the model."""
 
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        # A mistyped --ckpt_path would otherwise surface after the data is loaded, as a traceback.
+        ckpt = config.get("ckpt_path")
+        if ckpt and ckpt not in _CKPT_KEYWORDS and not Path(ckpt).is_file():
+            raise VAEZooError(
+                f"--ckpt_path {ckpt} does not exist. Give the path of a .ckpt file, e.g. "
+                "runs/<recipe>/version_<N>/checkpoints/last.ckpt, or 'last' or 'best' of this run's checkpoints."
+            )
+        wandb_loggers = [spec for spec in _logger_specs(config.trainer.logger) if _is_wandb(spec)]
+        if wandb_loggers:
+            tracking.choose_mode()  # before W&B starts: offline without an API key, never a prompt
+            identity = tracking.run_identity(config.as_dict())
+            for spec in wandb_loggers:
+                for key, value in identity.items():
+                    if spec.init_args.get(key) is None:
+                        spec.init_args[key] = value
+
+    def _announce_wandb(self) -> None:
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger) and self.trainer.is_global_zero:
+                notice = tracking.offline_notice(logger)
+                if notice:
+                    print(notice)
+
+    after_fit = after_validate = after_test = after_predict = _announce_wandb
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # image_shape is a property of the DataModule class, not an init arg: linking an init arg
         # on instantiation makes Lightning's hparams merge fail once a logger is attached.
@@ -81,6 +118,30 @@ class VAEZooCLI(LightningCLI):
         parser.add_lightning_class_args(FID, "fid")
         parser.set_defaults({"fid.num_samples": 0})
         parser.add_lightning_class_args(PredictionWriter, "predict_writer")
+
+
+class SaveConfigAndTrack(SaveConfigCallback):
+    """Saves ``config.yaml`` in the run directory and puts the flattened config into W&B runs."""
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if wandb_loggers:
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            for logger in wandb_loggers:
+                tracking.setup_wandb_run(logger, config)
+
+
+def _logger_specs(value: object) -> list[Namespace]:
+    """The ``class_path``/``init_args`` entries of a parsed ``trainer.logger`` (one, a list, or a bool)."""
+    items = value if isinstance(value, list) else [value]
+    return [v for v in items if isinstance(v, Namespace) and v.get("class_path")]
+
+
+def _is_wandb(spec: Namespace) -> bool:
+    try:
+        return issubclass(import_object(spec.class_path), WandbLogger)
+    except (ImportError, AttributeError, ValueError):
+        return False
 
 
 def main(args: list[str] | None = None) -> None:
@@ -104,11 +165,26 @@ def main(args: list[str] | None = None) -> None:
             datamodule_class=ImageDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
+            save_config_callback=SaveConfigAndTrack,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"description": DESCRIPTION},
             auto_configure_optimizers=False,  # the model takes its optimizer as an argument
             args=args,
         )
-    except VAEZooError as err:
-        print(f"vaezoo: error: {err}", file=sys.stderr)
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is None:
+            raise
+        print(f"vaezoo: error: {user_error}", file=sys.stderr)
         sys.exit(2)
+
+
+def _user_error(err: BaseException) -> VAEZooError | None:
+    """The VAEZooError behind ``err``: jsonargparse wraps errors raised while instantiating classes."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, VAEZooError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

@@ -1,4 +1,4 @@
-"""Name -> class registries for variants, nets, datasets and likelihoods, fed by a decorator and by plugins.
+"""Name -> class registries for variants, nets, datasets, likelihoods and loggers, fed by a decorator and by plugins.
 
 Built-in classes register themselves with a one-line decorator::
 
@@ -74,12 +74,17 @@ class Registry:
         """
 
         def deco(cls: T) -> T:
-            self._add(name, cls, _loading_source.get() or cls.__module__.split(".")[0])
+            self.add(name, cls, _loading_source.get() or cls.__module__.split(".")[0])
             return cls
 
         return deco
 
-    def _add(self, name: str, cls: type, source: str) -> None:
+    def add(self, name: str, cls: type, source: str) -> None:
+        """Register ``cls`` (e.g. a class of another library) as ``name``, credited to ``source``.
+
+        Raises:
+            VAEZooError: If ``name`` is already taken by another class.
+        """
         old = self._entries.get(name)
         if old is not None:
             if old.class_path == f"{cls.__module__}.{cls.__qualname__}":
@@ -133,7 +138,7 @@ class Registry:
             try:
                 obj = ep.load()  # importing runs the plugin's own decorators, if it has any
                 if inspect.isclass(obj) and not any(e.cls is obj for e in self._entries.values()):
-                    self._add(ep.name, obj, source)  # a bare class: register it under the entry-point name
+                    self.add(ep.name, obj, source)  # a bare class: register it under the entry-point name
             except Exception as err:  # one broken plugin must not take the CLI down
                 warnings.warn(
                     f"vaezoo {self.kind} plugin {ep.name!r} ({ep.value}, from {dist}) failed to load and is "
@@ -148,7 +153,8 @@ VARIANTS = Registry("variant", "vaezoo.variants")
 NETS = Registry("net", "vaezoo.nets")
 DATASETS = Registry("dataset", "vaezoo.datasets")
 LIKELIHOODS = Registry("likelihood", "vaezoo.likelihoods")
-REGISTRIES = (VARIANTS, NETS, DATASETS, LIKELIHOODS)
+LOGGERS = Registry("logger", "vaezoo.loggers")
+REGISTRIES = (VARIANTS, NETS, DATASETS, LIKELIHOODS, LOGGERS)
 
 register_variant = VARIANTS.register
 register_net = NETS.register

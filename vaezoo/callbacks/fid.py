@@ -309,14 +309,41 @@ class FID(lightning.Callback):
 
     # ----- checkpoints -----------------------------------------------------------------------------
 
-    @property
-    def state_key(self) -> str:
-        feature = self.feature if isinstance(self.feature, int) else type(self.feature).__name__
-        return self._generate_state_key(feature=feature, num_samples=self.num_samples)
-
     def state_dict(self) -> dict[str, Any]:
         """Only the count of validation runs: the metric and its network never enter a checkpoint."""
         return {"val_runs": self.val_runs}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.val_runs = state_dict.get("val_runs", 0)
+
+
+class RandomConvFeatures(nn.Module):
+    """FID features from a fixed, seeded random conv net: needs no download, fits any image size.
+
+    Features of a randomly initialised network separate image distributions surprisingly well and
+    are a cheap offline stand-in for Inception, e.g. ``--fid.feature vaezoo.callbacks.fid.RandomConvFeatures``.
+    Its values compare only with each other (same ``num_features`` and ``seed``), never with
+    Inception FIDs from papers.
+
+    Args:
+        num_features: Size d of the feature vector.
+        seed: Seed of the random weights.
+    """
+
+    def __init__(self, num_features: int = 128, seed: int = 0) -> None:
+        super().__init__()
+        self.num_features = num_features  # torchmetrics reads it instead of probing the module
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.net = nn.Sequential(
+                nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.ReLU(),  # (N, 32, H/2, W/2)
+                nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),  # (N, 64, H/4, W/4)
+                nn.Conv2d(64, num_features, 3, stride=2, padding=1),  # (N, d, H/8, W/8)
+                nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # (N, d)
+            )
+        self.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Features ``(N, d)`` of images ``(N, 3, H, W)`` in [0, 1]."""
+        return self.net(x.float() * 2 - 1)
+

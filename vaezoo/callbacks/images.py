@@ -189,6 +189,9 @@ class ImageLogger(L.Callback):
             log_image(trainer, f"{stage}/images/{name}", grid)
         if scatter is not None:
             log_figure(trainer, f"{stage}/images/latent_scatter", scatter)
+        stats = getattr(pl_module, "latent_stats", {}).get(stage)  # filled at the model's epoch end
+        if stats is not None:
+            log_figure(trainer, f"{stage}/images/latent_kl", latent_kl_figure(stats))
 
     def _compute(self, trainer: L.Trainer, model: VAE, stage: Stage) -> tuple[dict[str, Tensor], Figure | None]:
         first = _take(self._batches(trainer, model, stage), max(self.num_images, 2 * self.num_interpolations))
@@ -305,6 +308,29 @@ def latent_scatter(means: Tensor, labels: Tensor) -> Figure:
     ax.set_xlabel("z1 (posterior mean)")
     ax.set_ylabel("z2 (posterior mean)")
     ax.set_title(f"q(z | x) means of {len(means)} images")
+    return fig
+
+
+def latent_kl_figure(stats: dict[str, Tensor]) -> Figure:
+    """Bar charts of the KL (nats per image) and the activity Cov_x(E_q[z_l]) of each latent dimension.
+
+    Args:
+        stats: ``kl_per_dim`` and ``activity``, ``(L,)`` each, as :class:`vaezoo.metrics.LatentActivity` computes.
+    """
+    from matplotlib.figure import Figure  # lazily: matplotlib is slow to import
+
+    kl, activity = stats["kl_per_dim"].float().cpu().numpy(), stats["activity"].float().cpu().numpy()
+    dims = range(len(kl))
+    fig = Figure(figsize=(max(5, len(kl) * 0.12), 5), dpi=100, layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    top.bar(dims, kl, color="tab:blue")
+    top.set_ylabel("KL (nats per image)")
+    top.set_title(f"{int((activity > 0.01).sum())} of {len(kl)} latent dimensions active")
+    bottom.bar(dims, activity.clip(min=1e-6), color="tab:orange")
+    bottom.axhline(0.01, color="black", linewidth=0.8, linestyle="--")  # Burda et al.'s threshold
+    bottom.set_yscale("log")
+    bottom.set_ylabel("Cov_x(E_q[z])")
+    bottom.set_xlabel("latent dimension")
     return fig
 
 

@@ -1,0 +1,128 @@
+"""W&B with no account: offline by default, never a prompt; run names and a flat config."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vaezoo import tracking
+from vaezoo.errors import VAEZooError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def no_wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No W&B variables, HOME (and so ~/.netrc) in tmp_path, W&B's folders in tmp_path."""
+    for var in [v for v in os.environ if v.startswith("WANDB_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
+    return tmp_path
+
+
+def test_no_key_and_no_mode_means_offline(no_wandb_env) -> None:
+    assert not tracking.has_api_key()
+    assert tracking.choose_mode() == "offline"
+    assert os.environ["WANDB_MODE"] == "offline"
+
+
+@pytest.mark.parametrize("mode", ["offline", "disabled", "online"])
+def test_the_users_mode_wins(mode: str, no_wandb_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", mode)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert tracking.choose_mode() == mode
+    assert os.environ["WANDB_MODE"] == mode
+
+
+def test_online_without_a_key_is_a_clear_error(no_wandb_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "online")
+    with pytest.raises(VAEZooError, match="wandb login"):
+        tracking.choose_mode()
+
+
+def test_a_netrc_key_means_online(no_wandb_env: Path) -> None:
+    netrc = no_wandb_env / ".netrc"
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    netrc.chmod(0o600)
+    assert tracking.has_api_key()
+    assert tracking.choose_mode() == "online"
+
+
+CONFIG = {
+    "seed_everything": 0,
+    "model": {
+        "class_path": "vaezoo.models.beta.BetaVAE",
+        "init_args": {
+            "beta": 4.0,
+            "latent_dim": 10,
+            "net": {"class_path": "vaezoo.ConvNet", "init_args": {"channels": [32, 64]}},
+            "likelihood": {"class_path": "vaezoo.likelihoods.Bernoulli"},
+        },
+    },
+    "data": {"class_path": "vaezoo.data.MNISTDataModule", "init_args": {"batch_size": 128}},
+    "trainer": {"max_epochs": 3, "callbacks": [{"class_path": "x.Checkpoint", "init_args": {"monitor": "val/elbo"}}]},
+}
+
+
+def test_run_identity_comes_from_the_recipe() -> None:
+    assert tracking.run_identity(CONFIG) == {
+        "name": "beta-conv-mnist-z10-b4",
+        "group": "mnist-beta",
+        "tags": ["beta", "conv", "mnist", "bernoulli"],
+    }
+
+
+def test_flat_config_has_one_column_per_hyperparameter() -> None:
+    assert tracking.flatten_config(CONFIG) == {
+        "seed_everything": 0,
+        "model": "vaezoo.models.beta.BetaVAE",
+        "model.beta": 4.0,
+        "model.latent_dim": 10,
+        "model.net": "vaezoo.ConvNet",
+        "model.net.channels": [32, 64],
+        "model.likelihood": "vaezoo.likelihoods.Bernoulli",
+        "data": "vaezoo.data.MNISTDataModule",
+        "data.batch_size": 128,
+        "trainer.max_epochs": 3,
+        "trainer.callbacks.0": "x.Checkpoint",
+        "trainer.callbacks.0.monitor": "val/elbo",
+    }
+
+
+def test_wandb_logger_by_name_on_the_command_line(capsys) -> None:
+    from jsonargparse._util import import_object
+
+    from tests.test_cli import run_cli
+
+    code, out, err = run_cli("fit", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), "--trainer.logger", "wandb",
+                             "--print_config", capsys=capsys)
+    assert code == 0, err
+    import yaml
+
+    from lightning.pytorch.loggers import WandbLogger
+
+    assert import_object(yaml.safe_load(out)["trainer"]["logger"]["class_path"]) is WandbLogger
+
+
+def test_new_user_fit_logs_offline_without_prompting(tiny_mnist, no_wandb_env: Path) -> None:
+    """A new user with no account: stdin closed, no TTY; the run finishes offline and says how to sync."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_MODE")}
+    env["PYTHONPATH"] = str(REPO)
+    args = ["--config", str(REPO / "configs" / "mnist_mlp.yaml"), "--config", str(REPO / "configs" / "logger" / "wandb.yaml"),
+            "--data.root", str(tiny_mnist[0]), "--data.val_size", "16", "--data.batch_size", "8",
+            "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--model.iw_samples", "4"]
+    done = subprocess.run([sys.executable, "-m", "vaezoo", "fit", *args], cwd=no_wandb_env, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = list((no_wandb_env / "runs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    run = runs[0].relative_to(no_wandb_env)
+    assert f"W&B logged offline (no API key) to {run}; upload it with: wandb sync {run}" in done.stdout
+    media = {p.name.split("_")[0] for p in (runs[0] / "files" / "media" / "images" / "val" / "images").glob("*.png")}
+    assert {"reconstructions", "samples", "interpolations", "traversals"} <= media

@@ -1,0 +1,134 @@
+"""Weights & Biases with no account needed to start, and runs that compare.
+
+- No API key and ``WANDB_MODE`` unset: W&B logs offline, and the run's folder and the
+  ``wandb sync`` command that uploads it are printed at the end. A ``WANDB_MODE`` the user set
+  always wins. Nothing ever prompts for a login.
+- Run name, group and tags come from the recipe (variant, net, dataset, beta, latent size) unless
+  the config gives them.
+- The full resolved CLI config lands in the run's config, flattened (``model.latent_dim``,
+  ``model.net.hidden_dims``, ``data.batch_size``, ``trainer.max_epochs``...), so every
+  hyperparameter is a column to filter and group by.
+- ``val/*`` and ``test/*`` are plotted against ``epoch``, so curves of
+  runs with different batch sizes line up.
+"""
+
+from __future__ import annotations
+
+import importlib
+import netrc
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+from vaezoo.errors import VAEZooError
+from vaezoo.registry import LOGGERS, REGISTRIES
+
+# Short names for Lightning's loggers: --trainer.logger wandb
+for _name, _cls in (("csv", CSVLogger), ("tensorboard", TensorBoardLogger), ("wandb", WandbLogger)):
+    LOGGERS.add(_name, _cls, "lightning")
+
+
+def has_api_key() -> bool:
+    """Whether W&B has credentials: ``WANDB_API_KEY``, or the netrc entry ``wandb login`` writes."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):  # no ~/.netrc, or one that is not ours to judge
+        return False
+
+
+def choose_mode() -> str:
+    """Set ``WANDB_MODE=offline`` when there is no API key and the user chose no mode; returns the mode.
+
+    Raises:
+        VAEZooError: ``WANDB_MODE=online`` without an API key: W&B would prompt, or fail without a TTY.
+    """
+    mode = os.environ.get("WANDB_MODE", "")
+    if not mode:
+        mode = "online" if has_api_key() else "offline"
+        os.environ["WANDB_MODE"] = mode
+    elif mode == "online" and not has_api_key():
+        raise VAEZooError(
+            "WANDB_MODE=online but W&B has no API key. Run `wandb login` or set WANDB_API_KEY, "
+            "or unset WANDB_MODE to log offline and upload later with `wandb sync`."
+        )
+    return mode
+
+
+def short_name(class_path: str | None) -> str | None:
+    """The registry name of a class path (``vaezoo.models.beta.BetaVAE`` -> ``beta``), else its class name."""
+    if not class_path:
+        return None
+    module, _, name = class_path.rpartition(".")
+    try:  # importing the class also runs its module's @register decorators
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return name
+    for registry in REGISTRIES:
+        for entry in registry:
+            if entry.cls is cls:
+                return entry.name
+    return name
+
+
+def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Name, group and tags of a run, from its resolved config (a plain dict).
+
+    Example: ``beta-conv-mnist-z10-b4``, group ``mnist-beta``, tags ``[beta, conv, mnist, bernoulli]``.
+    """
+    model, data = config.get("model") or {}, config.get("data") or {}
+    args = model.get("init_args") or {}
+    variant, dataset = short_name(model.get("class_path")), short_name(data.get("class_path"))
+    net, likelihood = args.get("net"), args.get("likelihood")
+    net = short_name(net.get("class_path") if isinstance(net, Mapping) else net)
+    likelihood = short_name(likelihood.get("class_path") if isinstance(likelihood, Mapping) else likelihood)
+    parts = [variant, net, dataset, f"z{args['latent_dim']}" if "latent_dim" in args else None]
+    if args.get("beta") is not None:
+        parts.append(f"b{args['beta']:g}")
+    name = "-".join(p for p in parts if p)
+    tags = [t for t in (variant, net, dataset, likelihood) if t]
+    return {"name": name or None, "group": "-".join(t for t in (dataset, variant) if t) or None, "tags": tags}
+
+
+def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """One key per hyperparameter: ``{model: {class_path: X, init_args: {a: 1}}}`` -> ``{model: X, model.a: 1}``."""
+    return dict(_flat(config, prefix))
+
+
+def _flat(value: Any, key: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(value, Mapping):
+        if "class_path" in value:
+            yield key, value["class_path"]
+        for k, v in value.items():
+            if k == "class_path":
+                continue
+            sub = key if k in ("init_args", "dict_kwargs") else (f"{key}.{k}" if key else str(k))
+            yield from _flat(v, sub)
+    elif isinstance(value, (list, tuple)) and any(isinstance(v, Mapping) for v in value):
+        for i, v in enumerate(value):  # e.g. trainer.callbacks.0 = ModelCheckpoint, trainer.callbacks.0.monitor
+            yield from _flat(v, f"{key}.{i}")
+    else:
+        yield key, list(value) if isinstance(value, tuple) else value
+
+
+def setup_wandb_run(logger: WandbLogger, config: Mapping[str, Any]) -> None:
+    """Put the flattened config into the run and plot evaluation metrics against epochs (rank 0 only)."""
+    run = logger.experiment
+    run.config.update(flatten_config(config), allow_val_change=True)
+    for pattern in ("val/*", "test/*"):  # W&B takes globs with a suffix wildcard only
+        run.define_metric(pattern, step_metric="epoch")
+
+
+def offline_notice(logger: WandbLogger) -> str | None:
+    """One line saying where an offline run went and how to upload it; None for an online run."""
+    run = logger.experiment
+    if not getattr(run.settings, "_offline", False) and os.environ.get("WANDB_MODE") != "offline":
+        return None
+    run_dir = Path(run.dir).parent  # .../wandb/offline-run-<time>-<id>/files -> the run folder
+    return f"W&B logged offline (no API key) to {run_dir}; upload it with: wandb sync {run_dir}"
