@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +17,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def no_wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No W&B variables, HOME (and so ~/.netrc) in tmp_path, W&B's folders in tmp_path."""
+def no_wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """No W&B variables, HOME (and so ~/.netrc) in tmp_path, W&B's folders in tmp_path.
+
+    choose_mode() sets WANDB_MODE itself: setting it here first makes monkeypatch remove it again.
+    """
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "")
     for var in [v for v in os.environ if v.startswith("WANDB_")]:
         monkeypatch.delenv(var)
     monkeypatch.setenv("HOME", str(tmp_path))
     for var in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
-    return tmp_path
+    yield tmp_path
+    wandb.teardown()  # W&B keeps its settings (folders included) in a process-wide singleton
 
 
 def test_no_key_and_no_mode_means_offline(no_wandb_env) -> None:
@@ -126,3 +134,21 @@ def test_new_user_fit_logs_offline_without_prompting(tiny_mnist, no_wandb_env: P
     assert f"W&B logged offline (no API key) to {run}; upload it with: wandb sync {run}" in done.stdout
     media = {p.name.split("_")[0] for p in (runs[0] / "files" / "media" / "images" / "val" / "images").glob("*.png")}
     assert {"reconstructions", "samples", "interpolations", "traversals"} <= media
+
+
+def test_wandb_runs_keep_their_own_config_file(tiny_mnist, no_wandb_env: Path, monkeypatch, capsys) -> None:
+    from tests.test_cli import run_cli
+
+    monkeypatch.chdir(no_wandb_env)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    args = ["--config", str(REPO / "configs" / "mnist_mlp.yaml"), "--config", str(REPO / "configs" / "logger" / "wandb.yaml"),
+            "--data.root", str(tiny_mnist[0]), "--data.val_size", "16", "--data.batch_size", "8",
+            "--trainer.max_epochs", "1", "--model.iw_samples", "4", "--images.every_n_epochs", "0"]
+    for latent in ("3", "5"):
+        code, _, err = run_cli("fit", *args, "--model.latent_dim", latent, capsys=capsys)
+        assert code == 0, err
+    import yaml
+
+    configs = sorted((no_wandb_env / "runs" / "vaezoo").glob("*/config.yaml"))
+    assert sorted(yaml.safe_load(c.read_text())["model"]["init_args"]["latent_dim"] for c in configs) == [3, 5]
+    assert not (no_wandb_env / "runs" / "config.yaml").exists()

@@ -20,7 +20,7 @@ from jsonargparse import Namespace, _typehints
 from jsonargparse._util import import_object
 from lightning import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import Logger, WandbLogger
 
 import vaezoo.data  # noqa: F401 (registers the datasets)
 import vaezoo.likelihoods  # noqa: F401 (registers the likelihoods)
@@ -36,7 +36,8 @@ from vaezoo.registry import format_table, load_plugins, resolve_name, unknown_na
 _CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # what Lightning resolves itself
 DESCRIPTION = (
     "vaezoo: train, compare and extend variational autoencoders. "
-    "Run `vaezoo variants` to list the registered variants, nets, datasets and likelihoods."
+    "Run `vaezoo variants` to list the registered variants, nets, datasets, likelihoods and loggers, "
+    "and `vaezoo compare RUN_DIR...` to compare runs."
 )
 
 
@@ -101,11 +102,16 @@ class VAEZooCLI(LightningCLI):
                         spec.init_args[key] = value
 
     def _announce_wandb(self) -> None:
-        for logger in self.trainer.loggers:
-            if isinstance(logger, WandbLogger) and self.trainer.is_global_zero:
-                notice = tracking.offline_notice(logger)
-                if notice:
-                    print(notice)
+        wandb_loggers = [logger for logger in self.trainer.loggers if isinstance(logger, WandbLogger)]
+        if not wandb_loggers or not self.trainer.is_global_zero:
+            return
+        for logger in wandb_loggers:
+            notice = tracking.offline_notice(logger)
+            if notice:
+                print(notice)
+        import wandb
+
+        wandb.finish()  # one subcommand, one run: a later CLI call in this process starts its own
 
     after_fit = after_validate = after_test = after_predict = _announce_wandb
 
@@ -121,14 +127,34 @@ class VAEZooCLI(LightningCLI):
 
 
 class SaveConfigAndTrack(SaveConfigCallback):
-    """Saves ``config.yaml`` in the run directory and puts the flattened config into W&B runs."""
+    """Saves ``config.yaml`` in the run folder of every logger, and the flat config into W&B runs.
+
+    Lightning saves one file in ``trainer.log_dir``, the first logger's; for a W&B logger that is
+    its shared ``save_dir``, where every run would overwrite the last. Here each logger's own run
+    folder gets the file: ``<save_dir>/<name>/version_<N>/`` for CSV and TensorBoard,
+    ``<save_dir>/<project>/<run id>/`` (beside the checkpoints) for W&B.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **{**kwargs, "save_to_log_dir": False})
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Lightning calls this on rank 0 only.
+        folders = [_run_folder(logger) for logger in trainer.loggers] or [Path(trainer.default_root_dir)]
+        for folder in dict.fromkeys(folders):
+            folder.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, folder / self.config_filename, skip_none=False, overwrite=True)
         wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         if wandb_loggers:
             config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
             for logger in wandb_loggers:
                 tracking.setup_wandb_run(logger, config)
+
+
+def _run_folder(logger: Logger) -> Path:
+    if isinstance(logger, WandbLogger):
+        return Path(logger.save_dir or ".") / str(logger.name) / str(logger.version)
+    return Path(logger.log_dir or logger.save_dir or ".")
 
 
 def _logger_specs(value: object) -> list[Namespace]:
@@ -157,6 +183,10 @@ def main(args: list[str] | None = None) -> None:
     if argv[:1] == ["variants"]:
         print(format_table(), end="")
         return
+    if argv[:1] == ["compare"]:
+        from vaezoo import compare  # lazily: rich and matplotlib are slow to import
+
+        sys.exit(compare.main(argv[1:]))
     _use_registry_names()
     _quiet_known_noise()
     try:

@@ -1,0 +1,234 @@
+"""`vaezoo compare`: a table over real tiny runs, merged test runs, broken runs, globs, the plot, W&B."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import sys
+from collections.abc import Iterator
+import urllib.request
+from pathlib import Path
+from urllib.error import URLError
+
+import pytest
+import torch.hub
+from PIL import Image
+
+from tests.data_files import write_mnist_idx
+from vaezoo.cli import main as vaezoo
+from vaezoo.compare import main as compare
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mnist_mlp.yaml"
+BETAS = (0.5, 2.0, 8.0)  # fits version_0, version_1, version_2; version_3 tests version_0
+TINY = [
+    "--data.val_size", "16", "--data.batch_size", "8", "--model", "beta", "--model.iw_samples", "10",
+    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+]
+
+
+def _offline(*args: object, **kwargs: object) -> None:
+    raise URLError("network disabled in tests")
+
+
+@contextlib.contextmanager
+def _offline_in(base: Path) -> Iterator[pytest.MonkeyPatch]:
+    """Work in ``base`` with the network off, for fixtures that outlive one test."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(base)
+        # conftest's no_network serves single tests only: the same patches, for the module's fixtures
+        mp.setattr(urllib.request, "urlopen", _offline)
+        mp.setattr(torch.hub, "urlopen", _offline, raising=False)
+        mp.setattr(sys, "argv", ["vaezoo"])
+        try:
+            yield mp
+        finally:
+            import wandb
+
+            wandb.teardown()  # W&B's process-wide settings (its folders) must not outlive the fixture
+
+
+def _tiny_args(base: Path, beta: float, *extra: str) -> list[str]:
+    """Arguments of a tiny β-VAE run on tiny MNIST (written to base/data on first use)."""
+    root = base / "data"
+    if not root.exists():
+        write_mnist_idx(root, n_train=64, n_test=16)
+    return ["--config", str(CONFIG), *extra, "--data.root", str(root), *TINY, "--model.beta", str(beta)]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three tiny β-VAE fits (runs/mnist_mlp/version_0..2) and a test of the first (version_3), built once."""
+    base = tmp_path_factory.mktemp("compare")
+    with _offline_in(base):
+        for beta in BETAS:
+            vaezoo(["fit", *_tiny_args(base, beta), "--trainer.max_epochs", "2"])
+        ckpt = "runs/mnist_mlp/version_0/checkpoints/last.ckpt"
+        vaezoo(["test", *_tiny_args(base, BETAS[0]), "--ckpt_path", ckpt])
+    return base
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "300")  # rich wraps at 80 columns otherwise
+
+
+def run_compare(*args: str, cwd: Path, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        code = compare(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def parse_table(out: str) -> dict[str, dict[str, str]]:
+    """The rows of a printed table by run, each ``{header: cell}`` plus ``note`` (the run's second line)."""
+    lines = [line.rstrip() for line in out.splitlines()]
+    header_lines = [[c.strip() for c in line.strip("┃").split("┃")] for line in lines if line.startswith("┃")]
+    headers = [" ".join(part for part in parts if part) for parts in zip(*header_lines)]  # two-line headers
+    rows: dict[str, dict[str, str]] = {}
+    for line in lines:
+        if line.startswith("│"):
+            cells = [c.strip() for c in line.strip("│").split("│")]
+            if any(cells[1:]):
+                row = rows[cells[0]] = dict(zip(headers, cells), note="")
+            else:
+                row["note"] += cells[0]
+    return rows
+
+
+def metrics(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def column(run: Path, key: str) -> list[float]:
+    return [float(row[key]) for row in metrics(run) if row.get(key)]
+
+
+def test_table_has_every_beta_its_best_val_elbo_and_the_merged_test_nll(workdir: Path, capsys) -> None:
+    code, out, err = run_compare("runs", cwd=workdir, capsys=capsys)
+    assert code == 0, err
+    rows = parse_table(out)
+    fits = [f"runs/mnist_mlp/version_{i}" for i in range(3)]
+    assert sorted(rows) == fits  # the test run (version_3) is merged, not a row of its own
+    for run, beta in zip(fits, BETAS):
+        row, val_elbo = rows[run], column(workdir / run, "val/elbo")
+        assert (row["variant"], row["net"], row["dataset"], row["β"]) == ("beta", "mlp", "mnist", f"{beta:g}")
+        assert row["val ELBO best"] == f"{max(val_elbo):.2f}"
+        assert row["val ELBO final"] == f"{val_elbo[-1]:.2f}"
+        hyper = (row["latent"], row["lr"], row["batch"], row["likelihood"], row["epochs"])
+        assert hyper == ("50", "0.001", "8", "bernoulli", "2")
+    tested = workdir / "runs/mnist_mlp/version_3"
+    assert rows[fits[0]]["test NLL"] == f"{column(tested, 'test/nll')[-1]:.2f}"
+    assert rows[fits[0]]["test ELBO"] == f"{column(tested, 'test/elbo')[-1]:.2f}"
+    assert "runs/mnist_mlp/version_3" in rows[fits[0]]["note"]
+    assert rows[fits[1]]["test NLL"] == rows[fits[2]]["test NLL"] == "—"
+    best = {run: max(column(workdir / run, "val/elbo")) for run in fits}
+    assert list(rows) == sorted(fits, key=best.__getitem__, reverse=True)  # --sort best is the default
+
+
+def test_a_test_run_without_its_fit_run_is_a_row_of_its_own(workdir: Path, capsys) -> None:
+    code, out, err = run_compare("runs/mnist_mlp/version_3", cwd=workdir, capsys=capsys)
+    assert code == 0, err
+    row = parse_table(out)["runs/mnist_mlp/version_3"]
+    assert row["test NLL"] == f"{column(workdir / 'runs/mnist_mlp/version_3', 'test/nll')[-1]:.2f}"
+    assert row["val ELBO best"] == "—"
+    assert "runs/mnist_mlp/version_0/checkpoints/last.ckpt" in row["note"]
+
+
+def test_a_narrow_terminal_gets_two_tables_with_every_number_whole(workdir: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("COLUMNS", "120")
+    code, out, err = run_compare("runs", cwd=workdir, capsys=capsys)
+    assert code == 0, err
+    assert sum(line.startswith("┏") for line in out.splitlines()) == 2  # hyperparameters, then results
+    assert max(len(line) for line in out.splitlines()) <= 120 and "…" not in out
+    for i in range(3):
+        assert f"{max(column(workdir / f'runs/mnist_mlp/version_{i}', 'val/elbo')):.2f}" in out
+
+
+def test_broken_runs_are_named_and_the_others_still_print(workdir: Path, tmp_path: Path, capsys) -> None:
+    broken = tmp_path / "broken"
+    for name, text in {"version_0": "", "version_1": "epoch,step,val/elbo\n0,5,-500.0\n1,11\n2,17,-499.0\n"}.items():
+        (broken / name).mkdir(parents=True)
+        (broken / name / "metrics.csv").write_text(text)
+    code, out, err = run_compare("runs", str(broken), "--sort", "name", cwd=workdir, capsys=capsys)
+    assert code == 0, err
+    assert f"skipped {broken / 'version_0'}: metrics.csv is empty" in err
+    assert f"skipped {broken / 'version_1'}: metrics.csv is corrupt (line 3 has 2 fields" in err
+    assert list(parse_table(out)) == [f"runs/mnist_mlp/version_{i}" for i in range(3)]  # --sort name
+
+
+def test_globs_are_expanded_even_when_the_shell_did_not(workdir: Path, capsys) -> None:
+    code, out, err = run_compare("runs/*/version_[12]", "--sort", "name", cwd=workdir, capsys=capsys)
+    assert code == 0, err
+    assert list(parse_table(out)) == ["runs/mnist_mlp/version_1", "runs/mnist_mlp/version_2"]
+
+
+def test_no_runs_found_exits_2_and_says_what_was_searched(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    code, out, err = run_compare("empty", "nowhere/*/version_*", cwd=tmp_path, capsys=capsys)
+    assert code == 2
+    assert out == ""
+    assert "error: no runs found; searched 'empty', 'nowhere/*/version_*' for" in err
+    assert "metrics.csv" in err and "Traceback" not in err
+
+
+def test_plot_writes_one_png_atomically(workdir: Path, tmp_path: Path, capsys) -> None:
+    target = tmp_path / "curves.png"
+    code, out, err = run_compare("runs", "--plot", str(target), cwd=workdir, capsys=capsys)
+    assert code == 0, err
+    with Image.open(target) as image:
+        image.verify()  # a complete, decodable PNG
+        assert image.format == "PNG" and 400 <= image.width <= 4000 and 300 <= image.height <= 4000
+    assert list(tmp_path.iterdir()) == [target]  # no temp file left behind
+    code, _, err = run_compare("runs", "--plot", str(target), "--metric", "val/nope", cwd=workdir, capsys=capsys)
+    assert code == 1 and "no run logged 'val/nope'" in err and "val/elbo" in err
+
+
+@pytest.fixture(scope="module")
+def wandb_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny fit and its test, each logged offline to W&B and to a CSVLogger twin (the expectation)."""
+    wandb = pytest.importorskip("wandb")
+    base = tmp_path_factory.mktemp("compare_wandb")
+    loggers = base / "loggers.yaml"
+    loggers.write_text(
+        "trainer:\n  logger:\n"  # W&B first: the checkpoints go to runs/vaezoo-test/<run id>/checkpoints
+        "    - {class_path: lightning.pytorch.loggers.WandbLogger, init_args: {save_dir: runs, project: vaezoo-test}}\n"
+        "    - {class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: runs, name: twin}}\n"
+    )
+    with _offline_in(base) as mp:
+        for var in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+            mp.setenv(var, str(base / "wandb-home"))
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_SILENT", "true")
+        mp.delenv("WANDB_API_KEY", raising=False)
+        args = _tiny_args(base, BETAS[0], "--config", str(loggers))
+        vaezoo(["fit", *args, "--trainer.max_epochs", "2"])
+        wandb.finish()  # flush the run's log now, not when the test process exits
+        (ckpt,) = Path("runs/vaezoo-test").glob("*/checkpoints/last.ckpt")
+        vaezoo(["test", *args, "--ckpt_path", str(ckpt)])
+        wandb.finish()
+    return base
+
+
+def wandb_rows(workdir: Path, capsys: pytest.CaptureFixture) -> list[dict[str, str]]:
+    code, out, err = run_compare("runs", cwd=workdir, capsys=capsys)
+    assert code == 0, err
+    return [row for run, row in parse_table(out).items() if "/offline-run-" in run]
+
+
+def test_wandb_offline_runs_are_read(wandb_workdir: Path, capsys) -> None:
+    (fit,) = [row for row in wandb_rows(wandb_workdir, capsys) if row["val ELBO best"] != "—"]
+    expected = max(column(wandb_workdir / "runs/twin/version_0", "val/elbo"))
+    assert fit["val ELBO best"] == f"{expected:.2f}"
+    assert (fit["β"], fit["net"], fit["epochs"]) == (f"{BETAS[0]:g}", "mlp", "2")
+    assert fit["variant"].rstrip("?") == "beta"  # "?": inferred, where the W&B config has no class paths
+
+
+def test_a_wandb_test_run_is_merged_into_its_wandb_fit(wandb_workdir: Path, capsys) -> None:
+    pytest.importorskip("vaezoo.tracking", reason="ckpt_path reaches the W&B config through vaezoo.tracking")
+    (fit,) = wandb_rows(wandb_workdir, capsys)  # the test run is merged, not a row of its own
+    expected = column(wandb_workdir / "runs/twin/version_1", "test/nll")[-1]
+    assert fit["test NLL"] == f"{expected:.2f}"
+    assert "/offline-run-" in fit["note"]
+    assert (fit["variant"], fit["dataset"]) == ("beta", "mnist")  # class paths from the logged CLI config
