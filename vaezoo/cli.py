@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import inspect
+import pickle
+import re
 import logging
 import sys
 import warnings
@@ -20,6 +22,7 @@ from jsonargparse import Namespace, _typehints
 from jsonargparse._util import import_object
 from lightning import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import Logger, WandbLogger
 
 import vaezoo.data  # noqa: F401 (registers the datasets)
@@ -33,6 +36,7 @@ from vaezoo.errors import VAEZooError
 from vaezoo.models.base import VAE
 from vaezoo.registry import format_table, load_plugins, resolve_name, unknown_name_message
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # torch colours its messages
 _CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # what Lightning resolves itself
 DESCRIPTION = (
     "vaezoo: train, compare and extend variational autoencoders. "
@@ -92,6 +96,10 @@ class VAEZooCLI(LightningCLI):
                 f"--ckpt_path {ckpt} does not exist. Give the path of a .ckpt file, e.g. "
                 "runs/<recipe>/version_<N>/checkpoints/last.ckpt, or 'last' or 'best' of this run's checkpoints."
             )
+        # Loading a checkpoint never runs code from it: weights_only unless the user says otherwise
+        # (--weights_only false, for a checkpoint you trust that holds other Python objects).
+        if "weights_only" in config and config.weights_only is None:
+            config.weights_only = True
         wandb_loggers = [spec for spec in _logger_specs(config.trainer.logger) if _is_wandb(spec)]
         if wandb_loggers:
             tracking.choose_mode()  # before W&B starts: offline without an API key, never a prompt
@@ -209,12 +217,25 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(2)
 
 
+# Lightning's own errors for settings the machine cannot honour (devices, precision, strategy).
+_USER_ERROR_TYPES: tuple[type[BaseException], ...] = (MisconfigurationException,)
+
+
 def _user_error(err: BaseException) -> VAEZooError | None:
     """The VAEZooError behind ``err``: jsonargparse wraps errors raised while instantiating classes."""
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, VAEZooError):
             return err
+        if isinstance(err, pickle.UnpicklingError):  # torch.load(weights_only=True) refused an object
+            reason = _ANSI.sub("", str(err).splitlines()[0])[:160]
+            return VAEZooError(
+                "refused to load the checkpoint: besides weights it holds Python objects whose loading could "
+                f"run code ({reason}). vaezoo loads checkpoints with weights_only. Use a "
+                "checkpoint written by vaezoo or Lightning, or one whose source you trust re-saved as plain weights."
+            )
+        if isinstance(err, _USER_ERROR_TYPES):
+            return VAEZooError(f"{err} (a --trainer setting this machine cannot run; see `vaezoo fit --help`)")
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None

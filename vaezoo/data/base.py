@@ -163,4 +163,8 @@ class ImageDataModule(lightning.LightningDataModule):
         """Convert the uint8 images to float32 on the device, where the batch already is."""
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
-        return self._to_float(images, training), labels
+        x = self._to_float(images, training)
+        module = getattr(self.trainer, "lightning_module", None)
+        if module is not None and module.dtype in (torch.float16, torch.bfloat16, torch.float64):
+            x = x.to(module.dtype)  # 16-true, bf16-true, 64-true: the weights' dtype (mixed keeps fp32)
+        return x, labels

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -101,6 +103,14 @@ class VAEOutput:
         return -(self.recon + self.kl)
 
 
+def _checkpoint_mismatch(detail: str) -> str:
+    return (
+        f"the checkpoint does not fit the model of this config: {detail}. Use the config it was trained "
+        "with (its run folder holds config.yaml: --config runs/<recipe>/version_<N>/config.yaml), or set "
+        "--model to match it."
+    )
+
+
 @register_variant("vanilla")
 class VAE(L.LightningModule):
     """The VAE of Kingma & Welling (2014): minimise -ELBO = recon + KL, in nats per image.
@@ -121,6 +131,10 @@ class VAE(L.LightningModule):
         iw_samples: Importance samples k per test image for ``test/nll`` (Burda et al.); null turns
             the test NLL off. Costs k decoder passes per image.
         val_iw_samples: The same for ``val/nll`` at every validation; null (the default) turns it off.
+        nonfinite: What a NaN or Inf training loss does: ``stop`` (an error naming the step and the term
+            that went non-finite; the last checkpoint stays good), ``skip`` (the batch is skipped, counted
+            in ``train/skipped_batches``), or ``off`` (no check: the check reads one number from the
+            device per step, a sync on GPUs).
         compile: Compile the net with ``torch.compile`` when training starts (opt-in: compiling costs
             tens of seconds up front and pays off on long runs, mostly on GPUs).
         optimizer: The optimiser, e.g. ``{class_path: torch.optim.Adam, init_args: {lr: 0.001}}``.
@@ -135,6 +149,7 @@ class VAE(L.LightningModule):
         image_shape: ImageShape = (1, 28, 28),
         iw_samples: int | None = 1000,
         val_iw_samples: int | None = None,
+        nonfinite: Literal["stop", "skip", "off"] = "stop",
         compile: bool = False,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -152,6 +167,8 @@ class VAE(L.LightningModule):
         self.net: Net = net(self.image_shape, latent_dim, image_shape[0] * likelihood.params_per_channel)
         self.iw_samples = {"val": val_iw_samples, "test": iw_samples}
         self.compile_net = compile
+        self.nonfinite = nonfinite
+        self.skipped_batches = 0
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         # Epoch means of every logged term, exact across batches of unequal size and across DDP ranks.
@@ -237,7 +254,7 @@ class VAE(L.LightningModule):
 
     # ----- Lightning ---------------------------------------------------------------------------------
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor | None:
         x, _ = batch  # (B, C, H, W) float in [0, 1], already on the device
         out = self(x)
         loss = self.loss(out)
@@ -245,12 +262,36 @@ class VAE(L.LightningModule):
         if self.likelihood.discrete:
             terms["bpd"] = self.bits_per_dim(-out.elbo)
         if stage == "train":
-            # Plain tensors: Lightning accumulates them on the device, no host sync per step.
+            if self.nonfinite != "off" and not self._finite(out, loss):
+                return None  # skip: Lightning makes no backward pass and no optimiser step
             for name, value in terms.items():
-                self.log(f"train/{name}", value.mean(), on_step=True, on_epoch=True, prog_bar=name == "loss")
+                mean = value.mean()
+                # Step values stay per process (no collective per step); the epoch mean is all-reduced
+                # once, at the end of the epoch, so that it covers every process's batches.
+                self.log(f"train/{name}_step", mean, on_step=True, on_epoch=False, prog_bar=name == "loss")
+                self.log(f"train/{name}_epoch", mean, on_step=False, on_epoch=True, sync_dist=True)
         else:
             self._evaluate(x, out, terms, stage)
         return loss
+
+    def _finite(self, out: VAEOutput, loss: Tensor) -> bool:
+        """Whether the loss is finite; on a non-finite one, stop with an error or count a skip."""
+        if torch.isfinite(loss):
+            return True
+        terms = {"recon": out.recon, "kl": out.kl, "posterior mean": out.posterior.mean,
+                 "posterior logvar": out.posterior.logvar}
+        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()] or ["loss"]
+        if self.nonfinite == "skip":
+            self.skipped_batches += 1
+            self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False)
+            return False
+        raise VAEZooError(
+            f"the training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}): "
+            f"{' and '.join(bad)} went non-finite. Training stopped before this step's update, so the last "
+            "checkpoint holds finite weights. Fixes: lower the learning rate (--model.optimizer.lr), clip "
+            "gradients (--trainer.gradient_clip_val 1.0), train in 32-true precision, check the data, or pass "
+            "--model.nonfinite skip to skip such batches."
+        )
 
     def _evaluate(self, x: Tensor, out: VAEOutput, terms: dict[str, Tensor], stage: str) -> None:
         """Update and log the validation or test metrics of one batch."""
@@ -275,7 +316,13 @@ class VAE(L.LightningModule):
             return
         self.latent_stats[stage] = stats = metric.compute()  # synced across processes
         metric.reset()
-        self.log(f"{stage}/active_units", stats["active_units"])
+        self.log(f"{stage}/active_units", stats["active_units"], sync_dist=True)  # same on every rank
+
+    def on_train_start(self) -> None:
+        # seed_everything leaves every DDP process with the same random state, so each would draw the
+        # same eps (and binarisation noise) for its different images: give each process its own stream.
+        if self.trainer.world_size > 1:
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
 
     def on_validation_epoch_end(self) -> None:
         self._log_latent_activity("val")
@@ -283,7 +330,7 @@ class VAE(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_latent_activity("test")
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         return self._step(batch, "train")
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -301,6 +348,28 @@ class VAE(L.LightningModule):
             "reconstruction": self.likelihood.mean(self.decode(posterior.mean)),
             "label": y,
         }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # A checkpoint of another variant or shape fails later as a wall of missing keys: name it now.
+        saved = checkpoint.get("hyper_parameters") or {}
+        mine = {"latent_dim": self.latent_dim, "image_shape": self.image_shape}
+        clash = [
+            f"{key} {tuple(saved[key]) if key == 'image_shape' else saved[key]} (checkpoint) vs {value} (config)"
+            for key, value in mine.items()
+            if key in saved and (tuple(saved[key]) if key == "image_shape" else saved[key]) != value
+        ]
+        path = saved.get("_class_path")
+        if path and path.rsplit(".", 1)[-1] != type(self).__name__:
+            clash.insert(0, f"variant {path} (checkpoint) vs {type(self).__module__}.{type(self).__name__} (config)")
+        if clash:
+            raise VAEZooError(_checkpoint_mismatch("; ".join(clash)))
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):  # noqa: ANN201
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as err:
+            first = str(err).splitlines()
+            raise VAEZooError(_checkpoint_mismatch(" ".join(line.strip() for line in first[:3])[:500])) from None
 
     def configure_model(self) -> None:
         # In place (nn.Module.compile), so state_dict keys and checkpoints stay those of the plain net.
