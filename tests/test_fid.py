@@ -5,6 +5,7 @@ Everything but the last test uses a small fixed feature network, so nothing down
 
 import importlib.util
 import json
+import re
 import os
 import subprocess
 import sys
@@ -290,7 +291,8 @@ def test_ddp_ranks_share_the_images_and_agree(tiny_mnist, tmp_path: Path) -> Non
         timeout=300, stdin=subprocess.DEVNULL,
     )
     assert run.returncode == 0, run.stderr
-    results = [json.loads(line[len("RESULT "):]) for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+    # Both processes share stdout: another process's text may land on the same line, so match the records.
+    results = [json.loads(record) for record in re.findall(r"RESULT (\{[^{}]*\})", run.stdout)]
     assert len(results) == 2
     assert sorted(r["counts"] for r in results) == [[5, 5], [6, 6]]  # 11 real and 11 generated in all
     assert results[0]["fid"] == results[1]["fid"] > 0
