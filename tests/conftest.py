@@ -1,25 +1,18 @@
 """Shared fixtures: no network, tiny datasets in the official formats, and small runs."""
 
-import urllib.request
 from pathlib import Path
-from urllib.error import URLError
 
 import numpy as np
 import pytest
-import torch.hub
 
+from tests.network import block_network
 from tests.data_files import patch_cifar10_md5s, write_cifar10_batches, write_mnist_idx
 
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every torchvision and torch.hub download ends in urlopen: make it fail at once, as offline."""
-
-    def offline(*args: object, **kwargs: object) -> None:
-        raise URLError("network disabled in tests")
-
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    monkeypatch.setattr(torch.hub, "urlopen", offline)  # torch.hub imported it by name
+    """Every torchvision and torch.hub download fails at once, as offline."""
+    block_network(monkeypatch)
 
 
 @pytest.fixture

@@ -6,14 +6,12 @@ import contextlib
 import csv
 import sys
 from collections.abc import Iterator
-import urllib.request
 from pathlib import Path
-from urllib.error import URLError
 
 import pytest
-import torch.hub
 from PIL import Image
 
+from tests.network import block_network
 from tests.data_files import write_mnist_idx
 from vaezoo.cli import main as vaezoo
 from vaezoo.compare import main as compare
@@ -26,18 +24,12 @@ TINY = [
 ]
 
 
-def _offline(*args: object, **kwargs: object) -> None:
-    raise URLError("network disabled in tests")
-
-
 @contextlib.contextmanager
 def _offline_in(base: Path) -> Iterator[pytest.MonkeyPatch]:
     """Work in ``base`` with the network off, for fixtures that outlive one test."""
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(base)
-        # conftest's no_network serves single tests only: the same patches, for the module's fixtures
-        mp.setattr(urllib.request, "urlopen", _offline)
-        mp.setattr(torch.hub, "urlopen", _offline, raising=False)
+        block_network(mp)  # conftest's no_network serves single tests only, not module fixtures
         mp.setattr(sys, "argv", ["vaezoo"])
         try:
             yield mp

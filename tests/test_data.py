@@ -466,10 +466,10 @@ def test_jpeg_cache_unwritable_decodes_without_caching(tmp_path: Path, monkeypat
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
     write_cifar10_jpeg_mirror(tmp_path, n_train_per_class=1, n_test=2)
 
-    def read_only(*args: object, **kwargs: object) -> tuple[int, str]:
+    def read_only(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Read-only file system")
 
-    monkeypatch.setattr(cifar10_module.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(cifar10_module, "atomic_write", read_only)
     dm = CIFAR10DataModule(root=str(tmp_path), val_size=2, batch_size=2)
     dm.prepare_data()
     with pytest.warns(UserWarning, match="lossy"):

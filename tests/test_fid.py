@@ -159,10 +159,7 @@ def test_fit_without_val_fid_builds_nothing(tiny_mnist, tmp_path: Path, monkeypa
 
 @pytest.fixture
 def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """An empty ``$TORCH_HOME``, and torch.hub's own ``urlopen`` failing; returns the URLs it was asked for.
-
-    torch.hub imports ``urlopen`` by name, so the autouse ``no_network`` patch does not reach it.
-    """
+    """An empty ``$TORCH_HOME``, and torch.hub's own ``urlopen`` failing; returns the URLs it was asked for."""
     asked: list[str] = []
 
     def offline(request: object, *args: object, **kwargs: object) -> None:

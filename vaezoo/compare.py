@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from vaezoo.errors import VAEZooError
+from vaezoo.io import atomic_write
+from vaezoo.registry import registered_name
 
 PROG = "vaezoo compare"
 _PRUNED_DIRS = {"checkpoints", ".git", ".venv", "__pycache__", "node_modules"}
@@ -508,18 +510,7 @@ def _registries() -> tuple[Any, Any, Any, Any]:
 def _short_name(spec: Any, registry: Any) -> str | None:
     """The registry name of a ``class_path`` (or ``{class_path: ...}``), else its class name."""
     class_path = spec.get("class_path") if isinstance(spec, dict) else spec
-    if not isinstance(class_path, str) or not class_path:
-        return None
-    if "." not in class_path:
-        return class_path  # already a registry name, as written in a hand-made config
-    import importlib
-
-    module, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except Exception:  # noqa: BLE001 (a plugin that is not installed here: show the class name)
-        return name
-    return next((entry.name for entry in registry if entry.cls is cls), name)
+    return registered_name(class_path, [registry]) if isinstance(class_path, str) else None
 
 
 def _inferred_name(hparams: dict[str, Any], registry: Any) -> str | None:
@@ -729,13 +720,9 @@ def _save_atomically(fig: Any, target: Path) -> None:
     """Write the PNG next to ``target`` and rename it over, so no reader sees half a file."""
     if not target.parent.is_dir():
         raise VAEZooError(f"cannot write the plot to {target}: the folder {target.parent} does not exist")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "xb") as f:  # plain open: the file gets the umask's usual permissions
-            fig.savefig(f, format="png")
-        os.replace(tmp, target)
+        atomic_write(target, lambda file: fig.savefig(file, format="png"))
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise VAEZooError(f"cannot write the plot to {target}: {err.strerror or err}") from None
 
 

@@ -18,10 +18,11 @@ The registered names work wherever jsonargparse takes a class: ``--model beta``,
 from __future__ import annotations
 
 import difflib
+import importlib
 import importlib.metadata
 import inspect
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TypeVar
@@ -175,6 +176,23 @@ def resolve_name(name: str, bases: tuple[type, ...]) -> str | None:
         if entry is not None and any(issubclass(entry.cls, b) for b in bases):
             return entry.class_path
     return None
+
+
+def registered_name(class_path: str | None, registries: Iterable[Registry] = REGISTRIES) -> str | None:
+    """The registry name of a class path (``vaezoo.models.beta.BetaVAE`` -> ``beta``), else its class name.
+
+    A bare name (no dot) is returned as it is, as a hand-written config holds it.
+    """
+    if not class_path:
+        return None
+    if "." not in class_path:
+        return class_path
+    module, _, name = class_path.rpartition(".")
+    try:  # importing the class also runs its module's @register decorators
+        cls = getattr(importlib.import_module(module), name)
+    except Exception:  # noqa: BLE001 (e.g. a plugin not installed here: show the class name)
+        return name
+    return next((e.name for registry in registries for e in registry if e.cls is cls), name)
 
 
 def unknown_name_message(name: str, bases: tuple[type, ...]) -> str | None:

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import importlib
 import netrc
 import os
 from collections.abc import Iterator, Mapping
@@ -25,7 +24,7 @@ from urllib.parse import urlparse
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 from vaezoo.errors import VAEZooError
-from vaezoo.registry import LOGGERS, REGISTRIES
+from vaezoo.registry import LOGGERS, registered_name
 
 # Short names for Lightning's loggers: --trainer.logger wandb
 for _name, _cls in (("csv", CSVLogger), ("tensorboard", TensorBoardLogger), ("wandb", WandbLogger)):
@@ -61,22 +60,6 @@ def choose_mode() -> str:
     return mode
 
 
-def short_name(class_path: str | None) -> str | None:
-    """The registry name of a class path (``vaezoo.models.beta.BetaVAE`` -> ``beta``), else its class name."""
-    if not class_path:
-        return None
-    module, _, name = class_path.rpartition(".")
-    try:  # importing the class also runs its module's @register decorators
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return name
-    for registry in REGISTRIES:
-        for entry in registry:
-            if entry.cls is cls:
-                return entry.name
-    return name
-
-
 def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """Name, group and tags of a run, from its resolved config (a plain dict).
 
@@ -84,10 +67,10 @@ def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """
     model, data = config.get("model") or {}, config.get("data") or {}
     args = model.get("init_args") or {}
-    variant, dataset = short_name(model.get("class_path")), short_name(data.get("class_path"))
+    variant, dataset = registered_name(model.get("class_path")), registered_name(data.get("class_path"))
     net, likelihood = args.get("net"), args.get("likelihood")
-    net = short_name(net.get("class_path") if isinstance(net, Mapping) else net)
-    likelihood = short_name(likelihood.get("class_path") if isinstance(likelihood, Mapping) else likelihood)
+    net = registered_name(net.get("class_path") if isinstance(net, Mapping) else net)
+    likelihood = registered_name(likelihood.get("class_path") if isinstance(likelihood, Mapping) else likelihood)
     parts = [variant, net, dataset, f"z{args['latent_dim']}" if "latent_dim" in args else None]
     if args.get("beta") is not None:
         parts.append(f"b{args['beta']:g}")

@@ -23,7 +23,7 @@ import lightning
 import torch
 from torch import Tensor, nn
 
-from vaezoo.errors import VAEZooError
+from vaezoo.errors import VAEZooError, describe_error
 
 # torch-fidelity's Inception weights: torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3,
 # written out so the message needs no import of torch-fidelity.
@@ -50,11 +50,6 @@ def _has_torch_fidelity() -> bool:
 
 def _offline() -> bool:
     return any(os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on") for var in _OFFLINE_VARS)
-
-
-def _reason(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[-1][:200]}" if lines else type(err).__name__
 
 
 def _missing_weights(reason: str) -> VAEZooError:
@@ -192,9 +187,9 @@ class FID(lightning.Callback):
             return metric_cls(feature=self.feature, feature_extractor_weights_path=path, **options)
         except _LOAD_ERRORS as err:
             if path is None and not cached.is_file():  # the download failed: a urllib trace helps nobody
-                raise _missing_weights(_reason(err)) from None
+                raise _missing_weights(describe_error(err)) from None
             raise VAEZooError(
-                f"Could not load the Inception weights {path or cached} ({_reason(err)}): the file is truncated "
+                f"Could not load the Inception weights {path or cached} ({describe_error(err)}): the file is truncated "
                 f"or not {WEIGHTS_FILE}. Delete it and run again, or replace it with {WEIGHTS_URL}."
             ) from None
 

@@ -17,12 +17,6 @@ from vaezoo.errors import VAEZooError
 Split = Literal["train", "val", "test"]
 
 
-def error_reason(err: BaseException) -> str:
-    """The last line of an error, which for torchvision's download errors is the cause."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return (lines[-1] if lines else type(err).__name__)[:200]
-
-
 class ImageDataModule(lightning.LightningDataModule):
     """Base of the image DataModules: a seeded train/val split and uint8 tensor batches.
 

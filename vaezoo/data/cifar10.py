@@ -13,7 +13,6 @@ Sources, in order of preference:
 
 import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -28,8 +27,9 @@ from torchvision.datasets import CIFAR10
 from torchvision.datasets.utils import calculate_md5, check_integrity
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from vaezoo.data.base import ImageDataModule, error_reason
-from vaezoo.errors import VAEZooError
+from vaezoo.data.base import ImageDataModule
+from vaezoo.errors import VAEZooError, describe_error, error_reason
+from vaezoo.io import atomic_write
 from vaezoo.registry import register_dataset
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -41,9 +41,9 @@ MIRROR_TEST = "cifar10_test_from_jpeg.npz"
 _READ_ERRORS = (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError)
 
 
-def _cache_dirs() -> list[Path]:
+def _cache_dir() -> Path:
     """Where the decoded training JPEGs are cached: the user's cache, never the (maybe shared) data folder."""
-    return [Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "vaezoo"]
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "vaezoo"
 
 
 def decode_jpeg_zip(path: Path) -> tuple[Tensor, Tensor]:
@@ -161,29 +161,21 @@ class CIFAR10DataModule(ImageDataModule):
         return images, torch.tensor(dataset.targets, dtype=torch.int64)
 
     def _cached_jpeg_train(self, write: bool) -> tuple[Tensor, Tensor]:
-        """The decoded training zip, from the first cache found, else decoded (and maybe cached)."""
+        """The decoded training zip, from the cache if there, else decoded (and cached when ``write``)."""
         zip_path = Path(self.hparams.root) / MIRROR_DIR / MIRROR_TRAIN
         # Keyed by content so a replaced zip is never served from a stale cache.
-        cache_name = f"cifar10_train_from_jpeg_{calculate_md5(zip_path)[:12]}.npz"
-        for folder in _cache_dirs():
-            if (folder / cache_name).is_file():
-                with np.load(folder / cache_name) as cache:
-                    return torch.from_numpy(cache["x"]), torch.from_numpy(cache["y"])
+        cache = _cache_dir() / f"cifar10_train_from_jpeg_{calculate_md5(zip_path)[:12]}.npz"
+        if cache.is_file():
+            with np.load(cache) as arrays:
+                return torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"])
         images, labels = decode_jpeg_zip(zip_path)
-        for folder in _cache_dirs() if write else []:
+        if write:
             try:
-                folder.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                # Atomic, so another process never reads a half-written cache.
+                atomic_write(cache, lambda file: np.savez(file, x=images.numpy(), y=labels.numpy()))
             except OSError:
-                continue  # read-only: try the next place, or go without a cache
-            try:
-                # Write then rename, so another process never reads a half-written cache.
-                with os.fdopen(fd, "wb") as file:
-                    np.savez(file, x=images.numpy(), y=labels.numpy())
-                os.replace(tmp, folder / cache_name)
-                break
-            except OSError:
-                Path(tmp).unlink(missing_ok=True)
+                pass  # a read-only cache: go without one
         return images, labels
 
     def _open(self, train: bool, download: bool) -> CIFAR10:
@@ -204,7 +196,7 @@ class CIFAR10DataModule(ImageDataModule):
                 ) from err
             if len(present) == len(files):
                 raise VAEZooError(
-                    f"Could not read CIFAR-10 from {batches}: {type(err).__name__}: {error_reason(err)}"
+                    f"Could not read CIFAR-10 from {batches}: {describe_error(err)}"
                 ) from err
             raise self._missing(err, download) from None  # a urllib traceback helps nobody
 

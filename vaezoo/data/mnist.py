@@ -11,8 +11,8 @@ from torchvision.datasets import MNIST, FashionMNIST
 from torchvision.datasets.mnist import read_image_file, read_label_file
 from torchvision.datasets.utils import check_integrity
 
-from vaezoo.data.base import ImageDataModule, Split, error_reason
-from vaezoo.errors import VAEZooError
+from vaezoo.data.base import ImageDataModule, Split
+from vaezoo.errors import VAEZooError, describe_error, error_reason
 from vaezoo.registry import register_dataset
 
 Binarize = Literal["dynamic", "static", "none"]
@@ -111,10 +111,10 @@ class MNISTDataModule(ImageDataModule):
                 read(str(path))
             except _READ_ERRORS as file_err:
                 return VAEZooError(
-                    f"{path} is corrupt or truncated ({type(file_err).__name__}: {error_reason(file_err)}). Delete it "
+                    f"{path} is corrupt or truncated ({describe_error(file_err)}). Delete it "
                     "(and its .gz) and run again with --data.download true, or replace it with the official file."
                 )
-        return VAEZooError(f"Could not read {images_file} and {labels_file}: {type(err).__name__}: {error_reason(err)}")
+        return VAEZooError(f"Could not read {images_file} and {labels_file}: {describe_error(err)}")
 
     def _missing(self, err: BaseException, download: bool) -> VAEZooError:
         """Say which files to put where, and why they could not be fetched."""
