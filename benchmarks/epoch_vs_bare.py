@@ -1,0 +1,359 @@
+"""One training epoch through vaezoo, against a bare PyTorch loop and a plainly written LightningModule.
+
+    python benchmarks/epoch_vs_bare.py                       # mnist_mlp and mnist_conv, full 55k split
+    python benchmarks/epoch_vs_bare.py --subset 20000 --repeats 5 --configs mnist_mlp
+
+Three ways to train one epoch of the same net on the same images, run in turn (bare, vaezoo, plain,
+bare, vaezoo, plain, ...) so that a change in the machine's load hits all three alike:
+
+- ``bare``: a PyTorch loop written here. The whole training split as one uint8 tensor, a fresh
+  permutation, ``torch.bernoulli(x.float() / 255)`` per batch, encoder, reparameterised sample,
+  decoder, -ELBO (Bernoulli recon + analytic KL, nats per image, mean over the batch), backward,
+  optimiser step. Nothing logged. This is the floor.
+- ``vaezoo``: ``vaezoo fit --config configs/<name>.yaml`` as a user runs it, through
+  :func:`vaezoo.cli.main`: the config's Trainer, logger (CSV, into a temporary folder),
+  ModelCheckpoint, the default progress bar and the model's own ``self.log`` calls. Overrides:
+  ``max_epochs 1``, ``limit_val_batches 0`` (no validation), ``limit_train_batches`` (the batch
+  count), ``enable_model_summary false`` (printed before training; not timed anyway).
+- ``plain``: a LightningModule as most tutorials write it: ``torchvision.datasets.MNIST`` with
+  ``transforms.ToTensor()``, ``DataLoader(shuffle=True, num_workers=0)``, binarised in
+  ``training_step``, ``self.log("train_loss", loss, prog_bar=True)``, default Trainer.
+
+What is timed: for the two Lightning runs, from ``on_train_epoch_start`` to ``on_train_epoch_end``
+of a small callback (validation is off; ModelCheckpoint and the logger's epoch-end writes run
+after that hook, so they are outside). For the bare loop, the loop itself, permutation included.
+Setup (parsing, reading MNIST, building the model) is outside every timing. Each run starts from
+``torch.manual_seed`` (the vaezoo config's own ``seed_everything: 0``). All three get one untimed
+warm-up epoch of a few batches first (first-iteration allocation, oneDNN kernel creation).
+
+Printed: per config, the median (and min) wall time of an epoch, the median process CPU time, and
+the ratios vaezoo/bare and plain/bare of the wall medians. The vaezoo issue's target is
+vaezoo/bare <= 1.15.
+
+Threads: ``--threads 1`` by default. On a small shared machine a 2-thread OpenMP region waits for
+its slowest thread at every op, so one busy core can stretch a step 5-20 times; one thread keeps
+the comparison stable. ``--threads 0`` keeps torch's default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import importlib
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"  # read-only: MNIST/raw/*.gz is copied to a temp root
+MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+               "t10k-labels-idx1-ubyte.gz")
+WARMUP_BATCHES = 10
+
+
+# ----- what the configs say -------------------------------------------------------------------------
+
+
+def _import(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+class Recipe:
+    """The parts of a config file the three loops share: net, latent size, optimiser, batch size.
+
+    Args:
+        name: The config's stem, e.g. ``mnist_mlp`` for ``configs/mnist_mlp.yaml``.
+    """
+
+    def __init__(self, name: str) -> None:
+        from vaezoo.registry import NETS
+
+        self.name = name
+        self.path = REPO / "configs" / f"{name}.yaml"
+        config = yaml.safe_load(self.path.read_text())
+        model = config["model"]["init_args"]
+        data = config["data"]
+        if data["class_path"] != "mnist" or model.get("likelihood", "bernoulli") != "bernoulli":
+            raise SystemExit(f"{self.path}: this benchmark covers MNIST configs with a Bernoulli likelihood.")
+        if data.get("init_args", {}).get("binarize", "dynamic") != "dynamic":
+            raise SystemExit(f"{self.path}: this benchmark's bare loop binarises dynamically, as the configs do.")
+        self.latent_dim: int = model["latent_dim"]
+        net = model["net"]
+        net_path = net if isinstance(net, str) else net["class_path"]
+        self.net_cls = NETS.get(net_path) if "." not in net_path else _import(net_path)
+        self.net_args: dict[str, Any] = {} if isinstance(net, str) else dict(net.get("init_args", {}))
+        opt = model.get("optimizer", {"class_path": "torch.optim.Adam"})
+        self.opt_cls = _import(opt["class_path"])
+        self.opt_args: dict[str, Any] = dict(opt.get("init_args", {}))
+        self.batch_size: int = data.get("init_args", {}).get("batch_size", 128)
+        self.seed: int = config.get("seed_everything", 0)
+
+    def net(self) -> nn.Module:
+        """A fresh net: images (B, 1, 28, 28) -> encoder (B, 2L); codes (B, L) -> decoder logits."""
+        return self.net_cls((1, 28, 28), self.latent_dim, 1, **self.net_args)
+
+    def optimizer(self, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+        return self.opt_cls(params, **self.opt_args)
+
+
+def neg_elbo(net: nn.Module, x: Tensor) -> Tensor:
+    """-ELBO in nats per image, batch mean, for binary images ``x`` (B, 1, 28, 28).
+
+    The same maths as vaezoo.models.base.VAE: q(z | x) = N(mu, exp(logvar)), one reparameterised
+    sample, Bernoulli log-likelihood summed over pixels, analytic KL to N(0, I) summed over latents.
+    """
+    mu, logvar = net.encoder(x).chunk(2, dim=1)  # (B, L) each
+    z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    logits = net.decoder(z)  # (B, 1, 28, 28)
+    recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)  # (B,)
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)  # (B,)
+    return (recon + kl).mean()
+
+
+# ----- timing ---------------------------------------------------------------------------------------
+
+
+class EpochTimer(L.Callback):
+    """Wall and CPU seconds from ``on_train_epoch_start`` to ``on_train_epoch_end``.
+
+    The vaezoo CLI builds it from ``--trainer.callbacks+=__main__.EpochTimer``, so the results go
+    to a class attribute.
+    """
+
+    results: ClassVar[list[tuple[float, float, int]]] = []  # (wall s, cpu s, batches)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        wall, cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
+        EpochTimer.results.append((wall, cpu, trainer.fit_loop.epoch_loop.batch_progress.current.completed))
+
+
+def _take_result(expected_batches: int) -> tuple[float, float]:
+    if len(EpochTimer.results) != 1:
+        raise RuntimeError(f"expected one timed epoch, got {len(EpochTimer.results)}")
+    wall, cpu, batches = EpochTimer.results.pop()
+    if batches != expected_batches:
+        raise RuntimeError(f"the epoch ran {batches} batches, expected {expected_batches}")
+    return wall, cpu
+
+
+# ----- the three loops --------------------------------------------------------------------------------
+
+
+def run_bare(recipe: Recipe, images: Tensor, n_batches: int) -> tuple[float, float]:
+    """The floor: one epoch of ``n_batches`` batches in plain PyTorch."""
+    torch.manual_seed(recipe.seed)
+    net = recipe.net()
+    opt = recipe.optimizer(net.parameters())
+    net.train()
+    bs = recipe.batch_size
+    wall, cpu = time.perf_counter(), time.process_time()
+    order = torch.randperm(len(images))
+    for i in range(n_batches):
+        x = torch.bernoulli(images[order[i * bs : (i + 1) * bs]].float() / 255)  # (B, 1, 28, 28) in {0, 1}
+        loss = neg_elbo(net, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def vaezoo_fit(args: list[str]) -> None:
+    """``vaezoo fit ARGS`` in this process (LightningCLI warns if it also sees this script's argv)."""
+    from vaezoo.cli import main
+
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        main(["fit", *args])
+    finally:
+        sys.argv = argv
+
+
+def run_vaezoo(recipe: Recipe, root: Path, n_batches: int, workdir: Path) -> tuple[float, float]:
+    """One epoch through ``vaezoo fit --config configs/<name>.yaml``."""
+    run_dir = Path(tempfile.mkdtemp(dir=workdir))
+    vaezoo_fit([
+        "--config", str(recipe.path),
+        "--data.root", str(root),
+        "--trainer.max_epochs", "1",
+        "--trainer.limit_val_batches", "0",
+        "--trainer.limit_train_batches", str(n_batches),
+        "--trainer.enable_model_summary", "false",
+        "--trainer.default_root_dir", str(run_dir),
+        "--trainer.logger.init_args.save_dir", str(run_dir),
+        f"--trainer.callbacks+={EpochTimer.__module__}.EpochTimer",
+    ])
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return _take_result(n_batches)
+
+
+class PlainVAE(L.LightningModule):
+    """A LightningModule as a tutorial writes it, with the same net, ELBO and optimiser."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        super().__init__()
+        self.recipe = recipe
+        self.net = recipe.net()
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, _ = batch  # (B, 1, 28, 28) float in [0, 1] from ToTensor
+        loss = neg_elbo(self.net, torch.bernoulli(x))
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.recipe.optimizer(self.parameters())
+
+
+def run_plain(
+    recipe: Recipe, root: Path, train_indices: list[int], n_batches: int, workdir: Path
+) -> tuple[float, float]:
+    """One epoch of the plain LightningModule over torchvision's MNIST and a DataLoader."""
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import transforms
+    from torchvision.datasets import MNIST
+
+    torch.manual_seed(recipe.seed)
+    dataset = Subset(MNIST(str(root), train=True, transform=transforms.ToTensor()), train_indices)
+    loader = DataLoader(dataset, batch_size=recipe.batch_size, shuffle=True, num_workers=0)
+    run_dir = Path(tempfile.mkdtemp(dir=workdir))
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=n_batches,
+        logger=CSVLogger(str(run_dir)),
+        default_root_dir=str(run_dir),
+        enable_model_summary=False,
+        callbacks=[EpochTimer()],
+    )
+    trainer.fit(PlainVAE(recipe), loader)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return _take_result(n_batches)
+
+
+# ----- driver ----------------------------------------------------------------------------------------
+
+
+def mnist_root(data_dir: Path, workdir: Path) -> Path:
+    """A writable root holding a copy of the official MNIST .gz files (vaezoo extracts them there)."""
+    root = workdir / "data"
+    (root / "MNIST" / "raw").mkdir(parents=True)
+    for name in MNIST_FILES:
+        src = data_dir / "MNIST" / "raw" / name
+        if not src.is_file():
+            raise SystemExit(f"{src} is missing: pass --data-dir to a folder holding MNIST/raw/*.gz.")
+        shutil.copyfile(src, root / "MNIST" / "raw" / name)
+    return root
+
+
+def _train_split(recipe: Recipe, root: Path) -> tuple[Tensor, Tensor]:
+    """vaezoo's training split (the same images the vaezoo run trains on): uint8 images and positions."""
+    from vaezoo.data import MNISTDataModule
+
+    dm = MNISTDataModule(root=str(root), download=True, batch_size=recipe.batch_size)
+    dm.prepare_data()
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert dm.train_indices is not None
+    return loader.images, dm.train_indices  # uint8 (55000, 1, 28, 28), int64 (55000,)
+
+
+@contextlib.contextmanager
+def quiet_named_warnings() -> Iterator[None]:
+    """Silence the warnings these runs cause on purpose, by their text."""
+    with warnings.catch_warnings():
+        # Validation is off, so the config's ModelCheckpoint(monitor="val/elbo") finds no value.
+        warnings.filterwarnings("ignore", message=r".*could not find the monitored key")
+        # The plain loader has num_workers=0 on purpose (the issue's baseline).
+        warnings.filterwarnings("ignore", message=r".*does not have many workers")
+        # A --subset run has fewer batches than log_every_n_steps.
+        warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
+        yield
+
+
+def bench(
+    recipe: Recipe, root: Path, subset: int | None, repeats: int, workdir: Path
+) -> dict[str, list[tuple[float, float]]]:
+    images, train_indices = _train_split(recipe, root)
+    n_images = len(images) if subset is None else min(subset, len(images))
+    n_batches = n_images // recipe.batch_size
+    if n_batches < 1:
+        raise SystemExit(f"--subset {subset} is smaller than one batch of {recipe.batch_size}.")
+    indices = train_indices.tolist()
+    runners: dict[str, Callable[[int], tuple[float, float]]] = {
+        "bare": lambda n: run_bare(recipe, images, n),
+        "vaezoo": lambda n: run_vaezoo(recipe, root, n, workdir),
+        "plain": lambda n: run_plain(recipe, root, indices, n, workdir),
+    }
+    print(f"\n== {recipe.name}: {n_batches} batches of {recipe.batch_size} ({n_batches * recipe.batch_size} "
+          f"images), {repeats} repeats, {torch.get_num_threads()} thread(s) ==", flush=True)
+    for name, run in runners.items():  # warm-up, untimed
+        run(min(WARMUP_BATCHES, n_batches))
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
+    for r in range(repeats):
+        for name, run in runners.items():
+            gc.collect()  # the previous run's trainer and model, outside the timed part
+            times[name].append(run(n_batches))
+            print(f"[{recipe.name} repeat {r + 1}/{repeats}] {name}: {times[name][-1][0]:.2f} s", flush=True)
+    return times
+
+
+def report(name: str, times: dict[str, list[tuple[float, float]]]) -> str:
+    med = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+    lines = [
+        f"{name}",
+        f"  {'loop':<8} {'wall median s':>13} {'wall min s':>10} {'cpu median s':>12} {'x bare (median)':>15}",
+    ]
+    for k, v in times.items():
+        lines.append(
+            f"  {k:<8} {med[k]:>13.2f} {min(w for w, _ in v):>10.2f} {statistics.median(c for _, c in v):>12.2f} "
+            f"{med[k] / med['bare']:>15.2f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", default=["mnist_mlp", "mnist_conv"], help="config stems under configs/")
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per loop (median reported)")
+    parser.add_argument("--subset", type=int, default=None, help="images per epoch (default: the whole 55k split)")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 0 keeps torch's default")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="folder holding MNIST/raw/*.gz")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    recipes = [Recipe(name) for name in args.configs]
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="vaezoo_bench_") as tmp, quiet_named_warnings():
+        workdir = Path(tmp)
+        root = mnist_root(args.data_dir, workdir)
+        for recipe in recipes:
+            results[recipe.name] = bench(recipe, root, args.subset, args.repeats, workdir)
+    print("\n" + "=" * 72)
+    print(f"One training epoch, medians of {args.repeats} alternated runs, {torch.get_num_threads()} thread(s); "
+          "target: vaezoo <= 1.15x bare")
+    for name, times in results.items():
+        print(report(name, times))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
