@@ -52,7 +52,8 @@ def test_nan_batches_can_be_skipped_and_are_counted(tiny_mnist, tmp_path: Path) 
 def test_true_precisions_get_batches_in_the_weights_dtype(precision: str, tiny_mnist, tmp_path: Path) -> None:
     model = VAE(latent_dim=4, iw_samples=None)
     dm = MNISTDataModule(root=str(tiny_mnist[0]), val_size=16, batch_size=8)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False, precision=precision,
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, log_every_n_steps=1, logger=False,
+                        precision=precision,
                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                         default_root_dir=tmp_path)
     trainer.fit(model, dm)

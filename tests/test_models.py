@@ -129,3 +129,19 @@ def test_a_few_steps_of_adam_raise_the_elbo() -> None:
         opt.step()
         first = loss.item() if first is None else first
     assert loss.item() < first - 50  # from ~545 nats (uniform logits) down
+
+
+def test_conv_net_runs_channels_last_inside_and_hands_out_nchw() -> None:
+    torch.manual_seed(0)
+    net = NETS.get("conv")((3, 32, 32), 4, 6)
+    plain = NETS.get("conv")((3, 32, 32), 4, 6)
+    plain.to(memory_format=torch.contiguous_format)
+    plain.load_state_dict(net.state_dict())  # the same names and values in either layout
+    assert net.encoder[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(5, 3, 32, 32)
+    out = net.decoder(net.encoder(x)[:, :4])
+    assert out.is_contiguous() and out.shape == (5, 6, 32, 32)
+    with torch.no_grad():
+        plain.encoder._forward_pre_hooks.clear()
+        reference = plain.decoder(plain.encoder(x)[:, :4])
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)

@@ -31,7 +31,8 @@ def _fit(tiny_mnist, tmp_path, **trainer_kwargs) -> tuple[L.Trainer, VAE]:
     torch.manual_seed(0)
     dm = MNISTDataModule(root=str(tiny_mnist[0]), val_size=16, batch_size=8)
     model = VAE(latent_dim=4, iw_samples=4, **trainer_kwargs.pop("model", {}))
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=5, log_every_n_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=1, default_root_dir=tmp_path, **trainer_kwargs)
     trainer.fit(model, dm)
     return trainer, model

@@ -350,19 +350,48 @@ def test_every_recipe_writes_checkpoints_that_load_with_weights_only(
     torch.load(tmp_path / "ckpts" / "last.ckpt", weights_only=True)
 
 
-@pytest.mark.xfail(strict=True, reason="VAE.save_hyperparameters stores the net and optimizer classes themselves")
-def test_python_api_checkpoint_holds_nothing_unsafe(tmp_path: Path) -> None:
-    """A VAE built in Python (not by the CLI) keeps ``net=MLPNet`` and ``optimizer=torch.optim.Adam``
-    as class objects in its hyperparameters, which ``weights_only=True`` refuses (and so does
-    ``vaezoo test --ckpt_path``, whose LightningCLI reads them with ``weights_only=True``)."""
-    from vaezoo import VAE
+@pytest.mark.parametrize("build", ["defaults", "partials"])
+def test_python_api_checkpoint_loads_with_weights_only_and_rebuilds_the_model(build: str, tmp_path: Path) -> None:
+    """A VAE built in Python stores class paths, not the classes it was given (``net=MLPNet``,
+    ``optimizer=torch.optim.Adam``, a likelihood instance): its checkpoint loads with
+    ``weights_only=True`` and ``VAE.load_from_checkpoint`` rebuilds the same model from it."""
+    import functools
 
+    from vaezoo import VAE
+    from vaezoo.likelihoods import Gaussian
+    from vaezoo.nets import ConvNet
+
+    kwargs = {} if build == "defaults" else {
+        "net": functools.partial(ConvNet, channels=[4, 8]), "likelihood": Gaussian(sigma=0.3),
+        "optimizer": functools.partial(torch.optim.SGD, lr=0.05), "latent_dim": 3,
+    }
     write_mnist_idx(tmp_path)
     trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-    trainer.fit(VAE(iw_samples=None), MNISTDataModule(str(tmp_path), batch_size=8, val_size=16))
+    model = VAE(iw_samples=None, **kwargs)
+    trainer.fit(model, MNISTDataModule(str(tmp_path), batch_size=8, val_size=16))
     trainer.save_checkpoint(tmp_path / "api.ckpt")
     torch.load(tmp_path / "api.ckpt", weights_only=True)
+
+    loaded = VAE.load_from_checkpoint(tmp_path / "api.ckpt", weights_only=True)
+    assert type(loaded.net) is type(model.net) and isinstance(model.likelihood, type(loaded.likelihood))
+    assert vars(loaded.likelihood).get("sigma") == vars(model.likelihood).get("sigma")
+    for key in ("net", "likelihood", "optimizer"):  # the loaded model's own hparams are plain data too
+        assert loaded.hparams[key]["class_path"] == model.hparams[key]["class_path"]
+    torch.save(dict(loaded.hparams), tmp_path / "resaved.pt")
+    torch.load(tmp_path / "resaved.pt", weights_only=True)
+    assert tensors_equal(loaded.state_dict(), model.state_dict()) == []
+    assert type(loaded.configure_optimizers()) is type(model.configure_optimizers())
+
+
+def test_an_argument_without_a_config_form_is_named_and_left_out(tmp_path: Path) -> None:
+    from vaezoo import VAE
+
+    with pytest.warns(UserWarning, match=r"VAE\(optimizer=...\) is not saved.*load_from_checkpoint\(path, optimizer="):
+        model = VAE(optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
+    assert "optimizer" not in model.hparams
+    torch.save(dict(model.hparams), tmp_path / "h.pt")
+    torch.load(tmp_path / "h.pt", weights_only=True)
 
 
 # ----- repeatability ---------------------------------------------------------------------------------

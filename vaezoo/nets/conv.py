@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from vaezoo.errors import VAEZooError
 from vaezoo.nets.base import ACTIVATIONS, ImageShape, Net
 from vaezoo.registry import register_net
+
+
+def _channels_last(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
+
+
+def _contiguous(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor:
+    return output.contiguous()  # callers (metrics, .view) expect the usual NCHW layout
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -78,3 +87,9 @@ class ConvNet(Net):
             *[m for a, b in zip(rev, [*rev[1:], rev[-1]]) for m in up(a, b)],  # back to (B, channels[0], H, W)
             nn.Conv2d(rev[-1], out_channels, 3, padding=1),  # likelihood parameters, no activation
         )
+        # NHWC ("channels_last") weights and input: oneDNN's CPU convolutions and the GPUs' tensor cores
+        # are faster in it (1.1-1.3x per step on CPU, see docs/performance.md). Parameter names and
+        # values are unchanged, so checkpoints are the same either way; what leaves the net is NCHW again.
+        self.to(memory_format=torch.channels_last)
+        self.encoder.register_forward_pre_hook(_channels_last)
+        self.decoder.register_forward_hook(_contiguous)
