@@ -204,3 +204,28 @@ def test_test_prints_fid_with_a_pluggable_extractor(roots, capsys) -> None:
     )
     assert code == 0, err
     assert "test/fid" in out
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], [], ["--version"]])
+def test_top_level_help_and_version_import_neither_torch_nor_lightning(args: list[str]) -> None:
+    code = (
+        "import sys; from vaezoo.command import main; main(sys.argv[1:]); "
+        "heavy = sorted(m for m in ('torch', 'lightning', 'torchmetrics', 'wandb', 'matplotlib') if m in sys.modules); "
+        "print('HEAVY', heavy)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY []" in done.stdout
+    assert ("vaezoo 0.1.0 (torch " in done.stdout) if args == ["--version"] else ("usage: vaezoo" in done.stdout)
+
+
+def test_top_level_help_lists_exactly_the_subcommands_there_are() -> None:
+    from lightning.pytorch.cli import LightningCLI
+
+    from vaezoo.command import HELP
+
+    usage = HELP.splitlines()[0]
+    listed = usage[usage.index("{") + 1 : usage.index("}")].split(",")
+    assert listed == [*LightningCLI.subcommands(), "variants", "compare"]
+    for name in listed:
+        assert f"\n  {name} " in HELP  # each has its line of description

@@ -1,6 +1,6 @@
 """``python -m vaezoo``: the same as the ``vaezoo`` command."""
 
-from vaezoo.cli import main
+from vaezoo.command import main
 
 if __name__ == "__main__":
     main()

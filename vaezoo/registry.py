@@ -59,13 +59,25 @@ class Registry:
     Args:
         kind: What the names stand for, used in messages.
         group: The entry-point group plugins declare themselves in.
+        builtins: The module whose import registers vaezoo's own classes of this kind.
     """
 
-    def __init__(self, kind: str, group: str) -> None:
+    def __init__(self, kind: str, group: str, builtins: str | None = None) -> None:
         self.kind = kind
         self.group = group
-        self._entries: dict[str, Entry] = {}
+        self.builtins = builtins
+        self._registered: dict[str, Entry] = {}
         self._plugins_loaded = False
+        self._builtins_loaded = False
+
+    @property
+    def _entries(self) -> dict[str, Entry]:
+        # vaezoo's own classes register when their module is imported; `import vaezoo` imports
+        # nothing heavy, so the first look-up imports them.
+        if not self._builtins_loaded and self.builtins:
+            self._builtins_loaded = True
+            importlib.import_module(self.builtins)
+        return self._registered
 
     def register(self, name: str) -> Callable[[T], T]:
         """A class decorator that registers the class under ``name``.
@@ -86,7 +98,7 @@ class Registry:
         Raises:
             VAEZooError: If ``name`` is already taken by another class.
         """
-        old = self._entries.get(name)
+        old = self._entries.get(name)  # vaezoo's own names first: a plugin cannot take them
         if old is not None:
             if old.class_path == f"{cls.__module__}.{cls.__qualname__}":
                 return  # the same class imported again (a module reload): not a clash
@@ -94,7 +106,7 @@ class Registry:
                 f"{self.kind} name {name!r} is already registered by {old.class_path} (from {old.source}); "
                 f"{cls.__module__}.{cls.__qualname__} cannot take it too. Register it under another name."
             )
-        self._entries[name] = Entry(name, cls, source)
+        self._registered[name] = Entry(name, cls, source)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -150,11 +162,12 @@ class Registry:
                 _loading_source.reset(token)
 
 
-VARIANTS = Registry("variant", "vaezoo.variants")
-NETS = Registry("net", "vaezoo.nets")
-DATASETS = Registry("dataset", "vaezoo.datasets")
-LIKELIHOODS = Registry("likelihood", "vaezoo.likelihoods")
-LOGGERS = Registry("logger", "vaezoo.loggers")
+# kind, entry-point group, the vaezoo module that registers the built-in classes
+VARIANTS = Registry("variant", "vaezoo.variants", "vaezoo.models")
+NETS = Registry("net", "vaezoo.nets", "vaezoo.nets")
+DATASETS = Registry("dataset", "vaezoo.datasets", "vaezoo.data")
+LIKELIHOODS = Registry("likelihood", "vaezoo.likelihoods", "vaezoo.likelihoods")
+LOGGERS = Registry("logger", "vaezoo.loggers", "vaezoo.tracking")
 REGISTRIES = (VARIANTS, NETS, DATASETS, LIKELIHOODS, LOGGERS)
 
 register_variant = VARIANTS.register

@@ -1,0 +1,65 @@
+"""The ``vaezoo`` command's entry point: answers ``--help`` and ``--version`` at once, runs the rest.
+
+``import lightning`` alone takes 4-6 s on a 2-core machine (it imports torchmetrics, which imports
+torchvision's model zoo), so the overview below is printed before anything heavy is imported.
+Every subcommand's own options come from LightningCLI: ``vaezoo fit --help``.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import metadata
+
+HELP = """\
+usage: vaezoo [-h] [--version] {fit,validate,test,predict,variants,compare} ...
+
+vaezoo: train, compare and extend variational autoencoders on PyTorch Lightning.
+
+subcommands:
+  fit        Train a model, validating as it goes:
+               vaezoo fit --config configs/mnist_mlp.yaml
+  validate   One pass over the validation split (ELBO in nats per image, bits per dimension).
+  test       One pass over the test split, with the importance-weighted NLL:
+               vaezoo test --config configs/mnist_mlp.yaml --ckpt_path runs/mnist_mlp/version_0/checkpoints/last.ckpt
+  predict    Write encodings, reconstructions or samples of a trained model to files.
+  variants   List the registered variants, nets, datasets, likelihoods and loggers, plugins included.
+  compare    Compare runs (CSV or W&B offline folders): a table and a curves PNG.
+               vaezoo compare runs/mnist_mlp/version_0 runs/mnist_beta/version_0
+
+options:
+  -h, --help  Show this help message and exit.
+  --version   Print the versions of vaezoo, torch, Lightning and jsonargparse, and exit.
+
+Each subcommand has its own help, with every option of the model, data and trainer:
+  vaezoo fit --help                      (slower: it imports torch and Lightning)
+  vaezoo fit --config configs/mnist_mlp.yaml --print_config
+Docs: docs/ in the repository (models, data, evaluation, tracking, scaling, performance, troubleshooting).
+"""
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``vaezoo`` and ``python -m vaezoo``.
+
+    Args:
+        args: Command-line arguments; ``None`` reads ``sys.argv``.
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv in ([], ["-h"], ["--help"]):
+        print(HELP, end="")
+        return
+    if argv == ["--version"]:
+        from vaezoo import __version__
+
+        others = ", ".join(f"{name} {_version(name)}" for name in ("torch", "lightning", "jsonargparse", "torchmetrics"))
+        print(f"vaezoo {__version__} ({others})")
+        return
+    from vaezoo.cli import main as run  # the heavy part: torch, Lightning, every registered class
+
+    run(argv)
