@@ -89,3 +89,13 @@ def test_plugin_taking_a_builtin_name_warns_and_keeps_the_builtin(site: Path) ->
     messages = [str(w.message) for w in caught]
     assert any("'mybeta'" in m and "'beta' is already registered by vaezoo.models.beta.BetaVAE" in m for m in messages)
     assert VARIANTS.get("beta").__name__ == "BetaVAE"
+
+
+def test_package_exports_every_public_name_lazily() -> None:
+    import vaezoo
+
+    assert sorted(vaezoo._EXPORTS) == sorted(n for n in vaezoo.__all__ if n != "__version__")
+    for name in vaezoo.__all__:
+        assert getattr(vaezoo, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        vaezoo.Nope  # noqa: B018

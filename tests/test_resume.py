@@ -13,13 +13,11 @@ What is checked:
   bit-identical weights, optimizer state and metrics.csv; the train/val split depends only on the
   DataModule's ``seed``, not on the run, ``seed_everything``, the rank or the number of processes.
 
-How ``--ckpt_path last`` resolves (Lightning 2.6): every ``ModelCheckpoint`` looks for
-``last*.ckpt`` in *this* run's checkpoint folder, ``<save_dir>/<name>/<version>/checkpoints`` of
-the first logger, and the newest file wins. A new run gets a new CSVLogger version
-(``version_1``), whose folder is empty, so ``last`` finds nothing: Lightning only warns ("there is
-no last checkpoint available") and trains from step 0. The resume test therefore fixes the
-logger's version (``--trainer.logger.version run``) on both runs; note that CSVLogger then deletes
-the killed run's metrics.csv when the resumed run starts logging into the same folder.
+How ``--ckpt_path last`` resolves: Lightning alone looks in *this* run's new, empty checkpoint folder
+and trains from step 0. vaezoo (``vaezoo/checkpoints.py``) looks over every run of the config's
+logger, ``<save_dir>/<name>/*/checkpoints``, and resumes the newest checkpoint; the recipes'
+``LatestCheckpoint`` writes one every N steps and at every epoch's end. The resumed run logs into a
+new version folder, so the killed run's files stay as they were.
 """
 
 from __future__ import annotations
@@ -38,6 +36,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from lightning.pytorch.cli import LightningCLI
 
 from tests.data_files import patch_cifar10_md5s, write_cifar10_batches, write_mnist_idx
@@ -97,7 +96,6 @@ N_TRAIN, VAL_SIZE, BATCH = 600, 100, 10
 STEPS_PER_EPOCH = (N_TRAIN - VAL_SIZE) // BATCH  # 50
 EPOCHS = 3
 EVERY = 10  # the step checkpoint's interval: a kill loses at most this many steps
-RUN_DIR = Path("runs") / "mnist_mlp" / "run"  # --trainer.logger.version run
 
 
 class TrainBatchLog(L.Callback):
@@ -123,20 +121,24 @@ class TrainBatchLog(L.Callback):
             f.write(json.dumps([trainer.global_step, fingerprints]) + "\n")
 
 
-def fit_args(data: Path, batch_log: str) -> list[str]:
+def fit_args(data: Path, batch_log: str, recipe: Path) -> list[str]:
     return [
-        "fit", "--config", str(RECIPE), "--data.root", str(data), "--data.val_size", str(VAL_SIZE),
+        "fit", "--config", str(recipe), "--data.root", str(data), "--data.val_size", str(VAL_SIZE),
         "--data.batch_size", str(BATCH), "--data.binarize", "none", "--trainer.max_epochs", str(EPOCHS),
         "--model.iw_samples", "4", "--images.every_n_epochs", "0", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
-        # A fixed version: `--ckpt_path last` looks in this run's own checkpoint folder only.
-        "--trainer.logger.version", "run",
-        # Besides the recipe's val/elbo checkpoint: the latest one every EVERY steps (named apart from
-        # the recipe's epoch=E-step=S.ckpt), and last.ckpt (last-v1.ckpt if the recipe's came first).
-        "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps", str(EVERY),
-        "--trainer.callbacks.save_last", "true", "--trainer.callbacks.filename", "every-{step}",
         "--trainer.callbacks+=tests.test_resume.TrainBatchLog", "--trainer.callbacks.path", batch_log,
     ]
+
+
+def recipe_saving_every(steps: int, folder: Path) -> Path:
+    """The mnist_mlp recipe as shipped, but with its LatestCheckpoint every ``steps`` steps."""
+    config = yaml.safe_load(RECIPE.read_text())
+    (latest,) = [c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("LatestCheckpoint")]
+    latest["init_args"]["every_n_train_steps"] = steps
+    path = folder / "mnist_mlp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
@@ -182,8 +184,9 @@ def test_kill_mid_epoch_then_resume_from_last(tmp_path: Path) -> None:
     crash_dir.mkdir()
 
     # The uninterrupted run, alongside the run that gets killed.
-    baseline = start(fit_args(data, "batches.jsonl"), baseline_dir, tmp_path / "baseline.log")
-    crash = start(fit_args(data, "killed.jsonl"), crash_dir, tmp_path / "killed.log")
+    recipe = recipe_saving_every(EVERY, tmp_path)
+    baseline = start(fit_args(data, "batches.jsonl", recipe), baseline_dir, tmp_path / "baseline.log")
+    crash = start(fit_args(data, "killed.jsonl", recipe), crash_dir, tmp_path / "killed.log")
     try:
         # Kill in the middle of epoch 1 or 2, at least half-way from a step checkpoint that is not at
         # an epoch's end to the next: that checkpoint is complete (it is written at the end of its
@@ -208,11 +211,13 @@ def test_kill_mid_epoch_then_resume_from_last(tmp_path: Path) -> None:
     killed = batch_log(killed_log)
     kill_step = max(killed)  # the step in progress (or just done) at the kill
 
-    resumed_run = start([*fit_args(data, "resumed.jsonl"), "--ckpt_path", "last"], crash_dir,
+    # The same command plus --ckpt_path last: a new run (version_1) that finds version_0's checkpoint.
+    resumed_run = start([*fit_args(data, "resumed.jsonl", recipe), "--ckpt_path", "last"], crash_dir,
                         tmp_path / "resumed.log")
     finish(resumed_run, tmp_path / "resumed.log")
     finish(baseline, tmp_path / "baseline.log")
-    assert "no last checkpoint available" not in (tmp_path / "resumed.log").read_text()
+    assert "vaezoo: --ckpt_path last: " + str(crash_dir / "runs" / "mnist_mlp" / "version_0" / "checkpoints") in (
+        tmp_path / "resumed.log").read_text()
 
     # It resumed mid-epoch, from a checkpoint at most EVERY steps before the kill.
     resumed = batch_log(crash_dir / "resumed.jsonl")
@@ -229,8 +234,9 @@ def test_kill_mid_epoch_then_resume_from_last(tmp_path: Path) -> None:
         assert trained == expected[step], f"step {step} trained other images than the uninterrupted run"
 
     # The same end point.
-    final = torch.load(newest_last_checkpoint(crash_dir / RUN_DIR / "checkpoints"), weights_only=True)
-    reference = torch.load(newest_last_checkpoint(baseline_dir / RUN_DIR / "checkpoints"), weights_only=True)
+    runs = Path("runs") / "mnist_mlp"
+    final = torch.load(newest_last_checkpoint(crash_dir / runs / "version_1" / "checkpoints"), weights_only=True)
+    reference = torch.load(newest_last_checkpoint(baseline_dir / runs / "version_0" / "checkpoints"), weights_only=True)
     assert (final["global_step"], final["epoch"]) == (reference["global_step"], reference["epoch"])
     assert final["global_step"] == EPOCHS * STEPS_PER_EPOCH
     assert final["epoch"] == EPOCHS - 1

@@ -31,7 +31,25 @@ _EXPORTS = {
     "register_variant": "vaezoo.registry",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "VAE",
+    "Bernoulli",
+    "BetaVAE",
+    "ConvNet",
+    "DiagonalGaussian",
+    "DiscretizedLogistic",
+    "Gaussian",
+    "Likelihood",
+    "MLPNet",
+    "Net",
+    "VAEOutput",
+    "VAEZooError",
+    "__version__",
+    "register_dataset",
+    "register_likelihood",
+    "register_net",
+    "register_variant",
+]
 
 if TYPE_CHECKING:
     from vaezoo.errors import VAEZooError

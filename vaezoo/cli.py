@@ -9,11 +9,13 @@
 from __future__ import annotations
 
 import inspect
+import os
 import pickle
 import re
 import logging
 import sys
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,8 +34,9 @@ import vaezoo.models  # noqa: F401 (registers the variants)
 import vaezoo.nets  # noqa: F401 (registers the nets)
 from vaezoo.callbacks import FID, ImageLogger, PredictionWriter
 from vaezoo.data.base import ImageDataModule
-from vaezoo import tracking
+from vaezoo import checkpoints, tracking
 from vaezoo.errors import VAEZooError
+from vaezoo.parser import VAEZooParser
 from vaezoo.models.base import VAE
 from vaezoo.registry import format_table, load_plugins, resolve_name, unknown_name_message
 
@@ -88,19 +91,46 @@ def _quiet_known_noise() -> None:
 class VAEZooCLI(LightningCLI):
     """LightningCLI with the image shape linked from the DataModule into the model."""
 
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path``, then let Lightning rebuild the model from the checkpoint's hyperparameters.
+
+        Lightning reads the file here, before anything else runs: a mistyped or cut-off path would
+        surface as a traceback. It then replaces the whole ``model`` config by the checkpoint's, so the
+        net fits the weights; vaezoo says so when that changes the config's model, and keeps the
+        settings that only steer this run (``_RUN_SETTINGS``) as the config and command line give them.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt or ckpt in _CKPT_KEYWORDS:
+            return super()._parse_ckpt_path()
+        if not Path(ckpt).is_file():
+            raise VAEZooError(
+                f"--ckpt_path {ckpt} does not exist. Give the path of a .ckpt file, e.g. runs/<recipe>/version_<N>/"
+                "checkpoints/last.ckpt, or 'last' (the newest checkpoint of this config's runs) or 'best'."
+            )
+        _check_complete(Path(ckpt))
+        asked = self.config[subcommand].get("model")
+        asked = asked.clone() if isinstance(asked, Namespace) else asked
+        super()._parse_ckpt_path()
+        model = self.config[subcommand].get("model")
+        if not isinstance(asked, Namespace) or not isinstance(model, Namespace):
+            return
+        for key in _RUN_SETTINGS:
+            if f"init_args.{key}" in asked and f"init_args.{key}" in model:
+                model[f"init_args.{key}"] = asked[f"init_args.{key}"]
+        changed = _model_changes(asked, model)
+        if changed:
+            print(f"vaezoo: the model is built as {ckpt} was trained, not as the config says: {'; '.join(changed)}.",
+                  file=sys.stderr)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        # A mistyped --ckpt_path would otherwise surface after the data is loaded, as a traceback.
-        ckpt = config.get("ckpt_path")
-        if ckpt and ckpt not in _CKPT_KEYWORDS and not Path(ckpt).is_file():
-            raise VAEZooError(
-                f"--ckpt_path {ckpt} does not exist. Give the path of a .ckpt file, e.g. "
-                "runs/<recipe>/version_<N>/checkpoints/last.ckpt, or 'last' or 'best' of this run's checkpoints."
-            )
         # Loading a checkpoint never runs code from it: weights_only unless the user says otherwise
         # (--weights_only false, for a checkpoint you trust that holds other Python objects).
         if "weights_only" in config and config.weights_only is None:
             config.weights_only = True
+        _check_cpu_devices(config.trainer)
+        _check_cpu_precision(config.trainer)
         _default_progress_bar(config.trainer)
         wandb_loggers = [spec for spec in _logger_specs(config.trainer.logger) if _is_wandb(spec)]
         if wandb_loggers:
@@ -110,6 +140,18 @@ class VAEZooCLI(LightningCLI):
                 for key, value in identity.items():
                     if spec.init_args.get(key) is None:
                         spec.init_args[key] = value
+
+    def _resolve_ckpt_path(self) -> None:
+        # Lightning looks for 'last' in this run's new, empty folder; 'best' needs a fit in this process.
+        config = self.config_init[self.subcommand]
+        asked = config.get("ckpt_path")
+        resolved = checkpoints.resolve(asked, self.trainer, self.subcommand)
+        if resolved != asked:
+            config["ckpt_path"] = resolved
+            if self.trainer.is_global_zero:
+                print(f"vaezoo: --ckpt_path {asked}: " + (resolved or "no checkpoint yet, training from the start"))
+
+    before_fit = before_validate = before_test = before_predict = _resolve_ckpt_path
 
     def _announce_wandb(self) -> None:
         wandb_loggers = [logger for logger in self.trainer.loggers if isinstance(logger, WandbLogger)]
@@ -159,6 +201,86 @@ class SaveConfigAndTrack(SaveConfigCallback):
             config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
             for logger in wandb_loggers:
                 tracking.setup_wandb_run(logger, config)
+
+
+# Model arguments that steer one run, not the trained model: kept from the config under --ckpt_path.
+_RUN_SETTINGS = ("iw_samples", "val_iw_samples", "nonfinite", "compile")
+
+
+def _model_changes(asked: Namespace, used: Namespace) -> list[str]:
+    """``key: config value -> checkpoint value`` for the parts of the model that differ."""
+
+    def short(value: object) -> str:
+        if isinstance(value, Namespace) and value.get("class_path"):
+            args = value.get("init_args")
+            args = ", ".join(f"{k}={v}" for k, v in (args.items() if isinstance(args, Namespace) else []))
+            return f"{value.class_path.rsplit('.', 1)[-1]}({args})"
+        return str(value)
+
+    changes = []
+    if asked.get("class_path") != used.get("class_path"):
+        changes.append(f"variant {short(asked.get('class_path'))} -> {short(used.get('class_path'))}")
+    for key in ("net", "latent_dim", "likelihood"):
+        before, after = asked.get(f"init_args.{key}"), used.get(f"init_args.{key}")
+        if before != after:
+            changes.append(f"{key} {short(before)} -> {short(after)}")
+    return changes
+
+
+def _check_complete(path: Path) -> None:
+    """Refuse a cut-off checkpoint before the data loads: torch would fail later with a traceback about
+    a zip archive's "central directory"."""
+    if zipfile.is_zipfile(path):  # torch's format since 1.6: the zip's directory is written last
+        return
+    with path.open("rb") as f:
+        if f.read(1) == b"\x80":  # a pickle: torch's legacy format, which torch.load reads itself
+            return
+    raise VAEZooError(
+        f"--ckpt_path {path} is not a complete checkpoint: it is cut off (a copy or download that did not finish) "
+        f"or not a checkpoint at all ({path.stat().st_size} bytes). Copy it again, or use another checkpoint of the run "
+        f"(ls {path.parent})."
+    )
+
+
+def _check_cpu_devices(trainer: Namespace) -> None:
+    """On the CPU, ``devices`` is a number of processes: refuse more than there are cores.
+
+    Lightning refuses a GPU count that the machine lacks, but starts any number of CPU processes, each
+    with a full copy of the model and data, which then fight over the cores.
+    """
+    accelerator, devices = str(trainer.get("accelerator") or "auto"), trainer.get("devices")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not _accelerator_available())
+    if not on_cpu or not isinstance(devices, (int, str)) or not str(devices).isdigit():
+        return
+    cores = os.cpu_count() or 1
+    if int(devices) > cores:
+        raise VAEZooError(
+            f"--trainer.devices {devices} on the CPU asks for {devices} training processes, but this machine has "
+            f"{cores} cores. On a CPU, devices counts processes (DDP over gloo), not cores: use at most {cores}, or 1 "
+            "(torch already uses every core in one process)."
+        )
+
+
+def _check_cpu_precision(trainer: Namespace) -> None:
+    """Refuse the precisions that a CPU cannot train in, before any data is loaded."""
+    precision, accelerator = str(trainer.get("precision") or "32-true"), str(trainer.get("accelerator") or "auto")
+    if not (accelerator == "cpu" or (accelerator == "auto" and not _accelerator_available())):
+        return
+    if precision in ("16-true", "16"):
+        raise VAEZooError(
+            f"--trainer.precision {precision} keeps the weights and Adam's state in fp16, which the CPU cannot train "
+            "in: Adam's eps (1e-8) rounds to 0 and the loss turns NaN in the first steps. On a CPU use bf16-mixed "
+            "(fast on CPUs with AMX, see docs/performance.md) or 32-true."
+        )
+    if precision.startswith("transformer-engine"):
+        raise VAEZooError(f"--trainer.precision {precision} needs an NVIDIA GPU with Transformer Engine; use bf16-mixed "
+                          "or 32-true on a CPU.")
+
+
+def _accelerator_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
 
 
 def _default_progress_bar(trainer: Namespace) -> None:
@@ -229,7 +351,8 @@ def main(args: list[str] | None = None) -> None:
             subclass_mode_data=True,
             save_config_callback=SaveConfigAndTrack,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"description": DESCRIPTION},
+            parser_kwargs={"description": DESCRIPTION, "prog": "vaezoo"},
+            parser_class=VAEZooParser,
             auto_configure_optimizers=False,  # the model takes its optimizer as an argument
             args=args,
         )
@@ -259,7 +382,7 @@ def _user_error(err: BaseException) -> VAEZooError | None:
                 "checkpoint written by vaezoo or Lightning, or one whose source you trust re-saved as plain weights."
             )
         if isinstance(err, _USER_ERROR_TYPES):
-            return VAEZooError(f"{err} (a --trainer setting this machine cannot run; see `vaezoo fit --help`)")
+            return VAEZooError(f"{err} (Lightning refused a --trainer setting or callback; see `vaezoo fit --help`)")
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None

@@ -62,4 +62,4 @@ def main(args: list[str] | None = None) -> None:
         return
     from vaezoo.cli import main as run  # the heavy part: torch, Lightning, every registered class
 
-    run(argv)
+    run(args)  # None, as given: LightningCLI reads sys.argv itself

@@ -275,7 +275,7 @@ class VAE(L.LightningModule):
         if self.likelihood.discrete:
             terms["bpd"] = self.bits_per_dim(-out.elbo)
         if stage == "train":
-            if self.nonfinite != "off" and not self._finite(out, loss):
+            if self.nonfinite != "off" and not self._finite(x, out, loss):
                 return None  # skip: Lightning makes no backward pass and no optimiser step
             self._accumulate_train_terms(terms, x.shape[0])
         else:
@@ -338,10 +338,16 @@ class VAE(L.LightningModule):
         if self._train_sums_epoch != self.current_epoch:  # restored sums of an epoch already finished
             self._train_sums = None
 
-    def _finite(self, out: VAEOutput, loss: Tensor) -> bool:
+    def _finite(self, x: Tensor, out: VAEOutput, loss: Tensor) -> bool:
         """Whether the loss is finite; on a non-finite one, stop with an error or count a skip."""
         if torch.isfinite(loss):
             return True
+        if not torch.isfinite(x).all():  # the data, not the model: no setting of the model helps
+            raise VAEZooError(
+                f"the training batch at step {self.global_step} (epoch {self.current_epoch}) holds NaN or Inf pixels "
+                f"({int((~torch.isfinite(x)).sum())} of {x.numel()}), so the loss is {loss.item()}. Fix the dataset: "
+                "images must be finite numbers in [0, 1] (vaezoo's own DataModules store uint8 and cannot produce this)."
+            )
         terms = {"recon": out.recon, "kl": out.kl, "posterior mean": out.posterior.mean,
                  "posterior logvar": out.posterior.logvar}
         bad = [name for name, value in terms.items() if not torch.isfinite(value).all()] or ["loss"]
@@ -448,7 +454,16 @@ class VAE(L.LightningModule):
             self._compiled = True
 
     def configure_optimizers(self):  # noqa: ANN201 (Lightning accepts several return types)
-        optimizer = self.optimizer(self.parameters())
+        try:
+            optimizer = self.optimizer(self.parameters())
+        except ValueError as err:  # torch.optim checks its arguments: "Invalid learning rate: -1.0"
+            raise VAEZooError(
+                f"the optimizer refused its arguments: {err}. Use values in range, e.g. "
+                "--model.optimizer.lr 0.001 (the learning rate must be > 0)."
+            ) from None
+        if any(float(group["lr"]) <= 0 for group in optimizer.param_groups):  # torch takes 0: nothing would train
+            lr = optimizer.param_groups[0]["lr"]
+            raise VAEZooError(f"the learning rate must be > 0, got {lr}; e.g. --model.optimizer.lr 0.001.")
         if self.lr_scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}

@@ -1,0 +1,232 @@
+"""Bad input through the real CLI: one short `vaezoo: error:` message that names the problem and the fix.
+
+The other cases of the list live beside the code they concern: unknown names, wrong config key and
+missing data in test_cli.py, corrupt dataset files in test_data.py, plugins in test_registry.py,
+FID weights in test_fid.py, NaN losses in test_faults.py, unwritable outputs in test_predict.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from tests.test_cli import REPO, SMALL, run_cli
+from vaezoo import VAE
+from vaezoo.data import MNISTDataModule
+from vaezoo.errors import VAEZooError
+
+RECIPE = str(REPO / "configs" / "mnist_mlp.yaml")
+QUICK = [*SMALL, "--model.iw_samples", "2", "--images.every_n_epochs", "0", "--trainer.enable_progress_bar", "false",
+         "--trainer.enable_model_summary", "false", "--trainer.max_epochs", "1"]
+
+
+@pytest.fixture
+def data(tiny_mnist, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    return tiny_mnist[0]
+
+
+def fails(capsys: pytest.CaptureFixture, *args: str) -> str:
+    """Run `vaezoo ARGS`, check it fails with one short message and no traceback; return stderr."""
+    code, _, err = run_cli(*args, capsys=capsys)
+    lines = [line for line in err.splitlines() if line.strip() and "Seed set to" not in line]
+    assert code == 2, err
+    assert "Traceback" not in err and "usage:" not in err
+    assert lines[0].startswith("vaezoo: error: ") and len(lines) <= 3, err
+    return err
+
+
+# ----- config files and keys -----------------------------------------------------------------------
+
+
+def test_missing_config_file(data: Path, capsys) -> None:
+    err = fails(capsys, "fit", "--config", "configs/nope.yaml")
+    assert "vaezoo: error: --config: File does not exist: '" in err and "configs/nope.yaml'" in err
+
+
+def test_invalid_yaml(data: Path, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  max_epochs: [1, 2\nmodel: {}\n")
+    err = fails(capsys, "fit", "--config", str(bad))
+    assert "did not find expected ',' or ']'" in err and "line 2" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--model.latnet_dim", "3"], "Option 'latnet_dim' is not accepted. Did you mean 'latent_dim'?"),
+        (["--data.batch_sise", "3"], "Option 'batch_sise' is not accepted. Did you mean 'batch_size'?"),
+        (["--model.net.hidden_dimz", "[3]"], "Option 'hidden_dimz' is not accepted. Got value: "),
+        (["--model.optimizer.lrr", "0.1"], "Did you mean 'lr'?"),
+        (["--model.beta", "4"], "'beta' is an option of: beta (variant); choose one first (e.g. --model beta)."),
+    ],
+)
+def test_unknown_key_is_named_with_a_close_match(args: list[str], expected: str, data: Path, capsys) -> None:
+    err = fails(capsys, "fit", "--config", RECIPE, *args)
+    assert expected in err
+    assert "Every option, with its type and default: vaezoo fit --help" in err
+
+
+def test_a_config_file_key_that_does_not_exist_gets_a_close_match(data: Path, tmp_path: Path, capsys) -> None:
+    config = yaml.safe_load(Path(RECIPE).read_text())
+    config["model"]["init_args"]["net"]["init_args"]["activaton"] = "relu"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    err = fails(capsys, "fit", "--config", str(bad))
+    assert "Option 'activaton' is not accepted" in err and "Did you mean 'activation'?" in err
+
+
+# ----- values out of range -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--model.latent_dim", "0"], "latent_dim must be a positive integer, got 0"),
+        (["--model.latent_dim", "abc"], "--latent_dim: Expected a <class 'int'>. Got value: abc"),
+        (["--data.batch_size", "0"], "batch_size must be a positive number of images"),
+        (["--data.batch_size", "-8"], "batch_size must be a positive number of images"),
+        (["--model.optimizer.lr", "0"], "the learning rate must be > 0, got 0.0"),
+        (["--model.optimizer.lr", "-0.1"], "the optimizer refused its arguments: Invalid learning rate: -0.1"),
+        (["--model.iw_samples", "0"], "iw_samples must be a positive number of importance samples or null (off), got 0"),
+        (["--model", "beta", "--model.beta", "-1"], "beta must be >= 0, got -1"),
+    ],
+)
+def test_values_out_of_range(args: list[str], expected: str, data: Path, capsys) -> None:
+    err = fails(capsys, "fit", "--config", RECIPE, "--data.root", str(data), *QUICK, *args)
+    assert expected in err
+
+
+# ----- the machine ---------------------------------------------------------------------------------
+
+
+def test_more_cpu_processes_than_cores(data: Path, capsys) -> None:
+    too_many = str((os.cpu_count() or 1) + 1)
+    err = fails(capsys, "fit", "--config", RECIPE, "--data.root", str(data), *QUICK,
+                "--trainer.accelerator", "cpu", "--trainer.devices", too_many)
+    assert f"--trainer.devices {too_many} on the CPU asks for {too_many} training processes" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_gpu_asked_for_on_a_machine_without_one(data: Path, capsys) -> None:
+    err = fails(capsys, "fit", "--config", RECIPE, "--data.root", str(data), *QUICK, "--trainer.accelerator", "gpu")
+    assert "No supported gpu backend found!" in err and "Lightning refused a --trainer setting" in err
+
+
+@pytest.mark.parametrize(("precision", "expected"), [
+    ("16-true", "keeps the weights and Adam's state in fp16, which the CPU cannot train in"),
+    ("transformer-engine", "needs an NVIDIA GPU with Transformer Engine"),
+    ("8-mixed", "--trainer.precision"),  # not a precision at all: the parser names the option
+])
+def test_precision_the_cpu_cannot_run(precision: str, expected: str, data: Path, capsys) -> None:
+    err = fails(capsys, "fit", "--config", RECIPE, "--data.root", str(data), *QUICK, "--trainer.accelerator", "cpu",
+                "--trainer.precision", precision)
+    assert expected in err
+
+
+# ----- checkpoints ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def trained(data: Path, capsys) -> Path:
+    code, _, err = run_cli("fit", "--config", RECIPE, "--data.root", str(data), *QUICK, capsys=capsys)
+    assert code == 0, err
+    return Path("runs/mnist_mlp/version_0/checkpoints/last.ckpt").resolve()
+
+
+def test_truncated_checkpoint(trained: Path, data: Path, tmp_path: Path, capsys) -> None:
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(trained.read_bytes()[: trained.stat().st_size // 2])
+    err = fails(capsys, "test", "--config", RECIPE, "--data.root", str(data), *QUICK, "--ckpt_path", str(cut))
+    assert f"--ckpt_path {cut} is not a complete checkpoint: it is cut off" in err
+
+
+def test_a_text_file_as_checkpoint(data: Path, tmp_path: Path, capsys) -> None:
+    page = tmp_path / "model.ckpt"
+    page.write_text("<html>Not Found</html>")
+    err = fails(capsys, "test", "--config", RECIPE, "--data.root", str(data), *QUICK, "--ckpt_path", str(page))
+    assert "is not a complete checkpoint" in err
+
+
+RECORDED: dict[str, VAE] = {}
+
+
+class Recorder(L.Callback):
+    """Keeps the model that `vaezoo test` evaluates."""
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: VAE) -> None:
+        RECORDED["model"] = pl_module
+
+
+def test_checkpoint_of_another_model_is_announced_and_run_settings_stay(trained: Path, data: Path, capsys) -> None:
+    """LightningCLI builds the model from the checkpoint's hyperparameters (so the weights fit): vaezoo says
+    what that changes, and keeps the settings that only steer this run (here iw_samples)."""
+    RECORDED.clear()
+    code, _, err = run_cli("test", "--config", str(REPO / "configs" / "mnist_conv.yaml"), "--data.root", str(data),
+                           *QUICK, "--model.iw_samples", "3", "--ckpt_path", str(trained),
+                           "--trainer.callbacks+=tests.test_bad_input.Recorder", capsys=capsys)
+    assert code == 0, err
+    assert (f"vaezoo: the model is built as {trained} was trained, not as the config says: net ConvNet(channels=[32, 64]"
+            in err) and "-> MLPNet(hidden_dims=[200, 200], activation=tanh); latent_dim 32 -> 50" in err
+    model = RECORDED["model"]
+    assert type(model.net).__name__ == "MLPNet" and model.iw_samples["test"] == 3
+
+
+def test_checkpoint_for_other_images_is_named(trained: Path, tiny_cifar: Path, capsys) -> None:
+    err = fails(capsys, "test", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), "--data", "cifar10",
+                "--data.root", str(tiny_cifar), *QUICK, "--ckpt_path", str(trained))
+    assert "the checkpoint does not fit the model of this config: image_shape (1, 28, 28) (checkpoint) vs (3, 32, 32)" in err
+
+
+# ----- data ----------------------------------------------------------------------------------------
+
+
+class NaNPixels(MNISTDataModule):
+    """Real MNIST batches, with a NaN pixel in the third training batch (as a broken custom dataset gives)."""
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y = super().on_after_batch_transfer(batch, dataloader_idx)
+        if self.trainer.training and self.trainer.global_step == 2:
+            x = x.clone()
+            x[0, 0, 0, 0] = float("nan")
+        return x, y
+
+
+def test_nan_in_the_input_data_is_named_as_the_data(tiny_mnist, tmp_path: Path) -> None:
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=0, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    model = VAE(latent_dim=4, iw_samples=None)
+    with pytest.raises(VAEZooError, match=r"the training batch at step 2 \(epoch 0\) holds NaN or Inf pixels \(1 of "):
+        trainer.fit(model, NaNPixels(root=str(tiny_mnist[0]), val_size=16, batch_size=8))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# ----- no secrets in logged configs ----------------------------------------------------------------
+
+
+def test_api_key_and_environment_never_reach_the_logged_config(data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    key, secret = "k" * 40, "s3cr3t-value-of-the-environment"
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("MY_TOKEN", secret)
+    for var in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
+    try:
+        code, out, err = run_cli("fit", "--config", RECIPE, "--config", str(REPO / "configs" / "logger" / "wandb.yaml"),
+                                 "--data.root", str(data), *QUICK, capsys=capsys)
+    finally:
+        import wandb
+
+        wandb.teardown()
+    assert code == 0, err
+    written = [p for p in Path("runs").rglob("*") if p.is_file() and p.suffix != ".ckpt"]
+    assert any(p.name == "config.yaml" for p in written) and any(p.suffix == ".wandb" for p in written)
+    for path in written:
+        content = path.read_bytes()
+        assert key.encode() not in content and secret.encode() not in content, path

@@ -1,0 +1,108 @@
+"""The recipes' checkpoints, and ``--ckpt_path last`` / ``best`` across runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from tests.data_files import write_mnist_idx
+from vaezoo.callbacks import LatestCheckpoint
+from vaezoo.cli import main
+from vaezoo.data.mnist import MNISTDataModule
+from vaezoo.models import VAE
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "configs" / "mnist_mlp.yaml"
+# 64 training images - 16 for validation = 6 steps of 8 per epoch
+FAST = ["--data.val_size", "16", "--data.batch_size", "8", "--model.iw_samples", "2", "--images.every_n_epochs", "0",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def run_cli(*args: str, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(sys, "argv", ["vaezoo"])
+            main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    write_mnist_idx(tmp_path / "data")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    return tmp_path / "data"
+
+
+def test_latest_checkpoint_saves_every_n_steps_and_at_every_epoch_end(tiny_mnist, tmp_path: Path) -> None:
+    saved: list[int] = []
+
+    class Spy(LatestCheckpoint):
+        def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+            saved.append(trainer.global_step)
+            super()._save_checkpoint(trainer, filepath)
+
+    dm = MNISTDataModule(root=str(tiny_mnist[0]), val_size=16, batch_size=8)  # 6 steps per epoch
+    trainer = L.Trainer(max_epochs=2, limit_val_batches=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path,
+                        callbacks=[Spy(every_n_train_steps=4, dirpath=str(tmp_path / "ckpt"))])
+    trainer.fit(VAE(latent_dim=4, iw_samples=None), dm)
+    assert saved == [4, 6, 8, 12]  # steps 4 and 8, and the ends of epochs 0 and 1 (steps 6 and 12)
+    files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert files == ["last.ckpt", "latest-epoch=1-step=12.ckpt"]  # one state kept, and the link to it
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 12
+
+
+def test_fit_with_ckpt_path_last_resumes_the_newest_run(data: Path, capsys) -> None:
+    code, _, err = run_cli("fit", "--config", str(RECIPE), "--data.root", str(data), *FAST,
+                           "--trainer.max_epochs", "1", "--ckpt_path", "last", capsys=capsys)
+    assert code == 0, err
+    first = Path("runs/mnist_mlp/version_0/checkpoints")
+    assert sorted(p.name for p in first.iterdir()) == ["best-epoch=0-step=6.ckpt", "last.ckpt",
+                                                       "latest-epoch=0-step=6.ckpt"]
+    code, out, err = run_cli("fit", "--config", str(RECIPE), "--data.root", str(data), *FAST,
+                             "--trainer.max_epochs", "2", "--ckpt_path", "last", capsys=capsys)
+    assert code == 0, err
+    assert f"vaezoo: --ckpt_path last: {(first / 'latest-epoch=0-step=6.ckpt').resolve()}" in out
+    final = torch.load("runs/mnist_mlp/version_1/checkpoints/last.ckpt", weights_only=True)
+    assert (final["epoch"], final["global_step"]) == (1, 12)  # one more epoch, not two
+
+
+def test_first_fit_with_ckpt_path_last_starts_from_scratch_and_says_so(data: Path, capsys) -> None:
+    code, out, err = run_cli("fit", "--config", str(RECIPE), "--data.root", str(data), *FAST,
+                             "--trainer.max_epochs", "1", "--ckpt_path", "last", capsys=capsys)
+    assert code == 0, err
+    assert "vaezoo: --ckpt_path last: no checkpoint yet, training from the start" in out
+
+
+@pytest.mark.parametrize("keyword", ["last", "best"])
+def test_evaluating_last_or_best_before_any_fit_is_a_clear_error(keyword: str, data: Path, capsys) -> None:
+    code, _, err = run_cli("test", "--config", str(RECIPE), "--data.root", str(data), *FAST,
+                           "--ckpt_path", keyword, capsys=capsys)
+    assert code == 2
+    expected = {"last": "there is no checkpoint in", "best": "no best checkpoint is recorded in"}[keyword]
+    assert f"vaezoo: error: --ckpt_path {keyword}: {expected} runs/mnist_mlp/*/checkpoints" in err
+    assert "Traceback" not in err
+
+
+def test_test_with_ckpt_path_best_finds_the_best_of_the_newest_run(data: Path, capsys) -> None:
+    code, _, err = run_cli("fit", "--config", str(RECIPE), "--data.root", str(data), *FAST,
+                           "--trainer.max_epochs", "2", capsys=capsys)
+    assert code == 0, err
+    last = torch.load("runs/mnist_mlp/version_0/checkpoints/last.ckpt", weights_only=True)
+    (best,) = [s["best_model_path"] for k, s in last["callbacks"].items() if k.startswith("ModelCheckpoint")
+               and s["monitor"] == "val/elbo"]
+    code, out, err = run_cli("test", "--config", str(RECIPE), "--data.root", str(data), *FAST,
+                             "--ckpt_path", "best", capsys=capsys)
+    assert code == 0, err
+    assert f"vaezoo: --ckpt_path best: {best}" in out and "test/elbo" in out
+    assert os.path.basename(best).startswith("best-epoch=")
