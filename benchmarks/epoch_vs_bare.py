@@ -76,14 +76,15 @@ class Recipe:
     """The parts of a config file the three loops share: net, latent size, optimiser, batch size.
 
     Args:
-        name: The config's stem, e.g. ``mnist_mlp`` for ``configs/mnist_mlp.yaml``.
+        name: The config's stem, e.g. ``mnist_mlp`` for ``configs/mnist_mlp.yaml``, or the path of a
+            config file (``benchmarks/mlp512.yaml``).
     """
 
     def __init__(self, name: str) -> None:
         from vaezoo.registry import NETS
 
-        self.name = name
-        self.path = REPO / "configs" / f"{name}.yaml"
+        self.path = Path(name) if name.endswith(".yaml") else REPO / "configs" / f"{name}.yaml"
+        self.name = self.path.stem
         config = yaml.safe_load(self.path.read_text())
         model = config["model"]["init_args"]
         data = config["data"]
@@ -330,7 +331,7 @@ def report(name: str, times: dict[str, list[tuple[float, float]]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", default=["mnist_mlp", "mnist_conv"], help="config stems under configs/")
+    parser.add_argument("--configs", nargs="+", default=["mnist_mlp", "mnist_conv"], help="config stems under configs/, or paths of config files")
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per loop (median reported)")
     parser.add_argument("--subset", type=int, default=None, help="images per epoch (default: the whole 55k split)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 0 keeps torch's default")

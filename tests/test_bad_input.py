@@ -230,3 +230,16 @@ def test_api_key_and_environment_never_reach_the_logged_config(data: Path, tmp_p
     for path in written:
         content = path.read_bytes()
         assert key.encode() not in content and secret.encode() not in content, path
+
+
+# ----- where the run writes ------------------------------------------------------------------------
+
+
+def test_unwritable_run_folder_is_refused_before_any_work(data: Path, tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("a file, so no folder can be made under it")
+    err = fails(capsys, "fit", "--config", RECIPE, "--data.root", str(data), *QUICK,
+                "--trainer.logger.init_args.save_dir", str(blocker / "runs"))
+    assert f"cannot write the run's files to {blocker / 'runs'}" in err
+    assert "--trainer.logger.init_args.save_dir" in err
+    assert not list(Path.cwd().rglob("*.ckpt"))  # nothing trained

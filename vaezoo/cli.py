@@ -14,6 +14,7 @@ import pickle
 import re
 import logging
 import sys
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -141,6 +142,11 @@ class VAEZooCLI(LightningCLI):
                     if spec.init_args.get(key) is None:
                         spec.init_args[key] = value
 
+    def _before_subcommand(self) -> None:
+        if self.trainer.is_global_zero:  # rank 0 writes the run's files
+            _check_writable(self.trainer)
+        self._resolve_ckpt_path()
+
     def _resolve_ckpt_path(self) -> None:
         # Lightning looks for 'last' in this run's new, empty folder; 'best' needs a fit in this process.
         config = self.config_init[self.subcommand]
@@ -151,7 +157,7 @@ class VAEZooCLI(LightningCLI):
             if self.trainer.is_global_zero:
                 print(f"vaezoo: --ckpt_path {asked}: " + (resolved or "no checkpoint yet, training from the start"))
 
-    before_fit = before_validate = before_test = before_predict = _resolve_ckpt_path
+    before_fit = before_validate = before_test = before_predict = _before_subcommand
 
     def _announce_wandb(self) -> None:
         wandb_loggers = [logger for logger in self.trainer.loggers if isinstance(logger, WandbLogger)]
@@ -225,6 +231,25 @@ def _model_changes(asked: Namespace, used: Namespace) -> list[str]:
         if before != after:
             changes.append(f"{key} {short(before)} -> {short(after)}")
     return changes
+
+
+def _check_writable(trainer: Trainer) -> None:
+    """Refuse folders that the run's logs and checkpoints cannot be written to, before any work is done."""
+    folders = {Path(logger.save_dir): "--trainer.logger.init_args.save_dir" for logger in trainer.loggers if logger.save_dir}
+    folders.setdefault(Path(trainer.default_root_dir), "--trainer.default_root_dir")
+    for callback in trainer.checkpoint_callbacks:
+        if getattr(callback, "dirpath", None):
+            folders.setdefault(Path(callback.dirpath), "the dirpath of the checkpoint callback")
+    for folder, option in folders.items():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise VAEZooError(
+                f"cannot write the run's files to {folder} ({err.strerror or err}). Choose a writable folder with "
+                f"{option}, or run from a folder you can write to (runs/ is relative to it)."
+            ) from None
 
 
 def _check_complete(path: Path) -> None:
