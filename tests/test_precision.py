@@ -8,6 +8,7 @@ from vaezoo import VAE
 from vaezoo.data import MNISTDataModule
 from vaezoo.likelihoods import DiscretizedLogistic
 from vaezoo.nets import ConvNet
+from vaezoo.registry import NETS
 
 
 def test_loss_terms_are_fp32_under_bf16_autocast() -> None:
@@ -53,8 +54,10 @@ def test_16_mixed_on_gpu_trains_with_a_finite_loss(tiny_mnist, tmp_path) -> None
 
 
 @pytest.mark.slow
-def test_compiled_net_trains_and_keeps_plain_checkpoint_keys(tiny_mnist, tmp_path) -> None:
-    trainer, model = _fit(tiny_mnist, tmp_path, model={"compile": True})
+@pytest.mark.parametrize("net", ["mlp", "conv"])
+def test_compiled_net_trains_and_keeps_plain_checkpoint_keys(net: str, tiny_mnist, tmp_path) -> None:
+    net_cls = NETS.get(net)
+    trainer, model = _fit(tiny_mnist, tmp_path, model={"compile": True, "net": net_cls})
     assert torch.isfinite(trainer.callback_metrics["train/loss_step"])
     assert not any("_orig_mod" in key for key in model.state_dict())
-    assert VAE(latent_dim=4).load_state_dict(model.state_dict()) is not None
+    assert VAE(latent_dim=4, net=net_cls).load_state_dict(model.state_dict()) is not None
