@@ -43,7 +43,7 @@ def test_nan_batches_can_be_skipped_and_are_counted(tiny_mnist, tmp_path: Path) 
     dm = MNISTDataModule(root=str(tiny_mnist[0]), val_size=16, batch_size=8)
     trainer = _trainer(tmp_path)
     trainer.fit(model, dm)
-    assert model.skipped_batches >= 1
+    assert model.nonfinite_guard.skipped >= 1
     assert trainer.callback_metrics["train/skipped_batches"] >= 1
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -79,3 +79,26 @@ def test_a_checkpoint_of_another_model_is_named(other: dict, expected: str, tiny
     model = (BetaVAE if "beta" in other else VAE)(iw_samples=None, **other)
     with pytest.raises(VAEZooError, match=expected):
         _trainer(tmp_path).test(model, dm, ckpt_path=str(ckpt), weights_only=False)
+
+
+def test_deferred_check_stops_before_any_checkpoint_after_the_bad_step(tiny_mnist, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU, `stop` records the first non-finite step on the device and reads it only when metrics
+    are logged, before each checkpoint and at epoch ends: the same error, and no checkpoint after it."""
+    from vaezoo.callbacks import LatestCheckpoint
+    from vaezoo.models import nonfinite
+
+    reads: list[int] = []
+    monkeypatch.setattr(nonfinite, "sync_is_free", lambda device: False)  # the CPU standing in for a GPU
+    original = nonfinite.NonFiniteGuard.check
+    monkeypatch.setattr(nonfinite.NonFiniteGuard, "check",
+                        lambda self, step, reduce=None: (reads.append(step), original(self, step, reduce))[1])
+    model = PoisonedVAE(poison_step=3, latent_dim=4, iw_samples=None)
+    dm = MNISTDataModule(root=str(tiny_mnist[0]), val_size=16, batch_size=8)  # 6 steps per epoch
+    trainer = L.Trainer(max_epochs=2, limit_val_batches=0, logger=False, enable_progress_bar=False, log_every_n_steps=50,
+                        enable_model_summary=False, default_root_dir=tmp_path,
+                        callbacks=[LatestCheckpoint(every_n_train_steps=2, dirpath=str(tmp_path / "ckpt"))])
+    with pytest.raises(VAEZooError, match=r"became nan at step 3 \(epoch 0\): kl went non-finite. Found at step 4"):
+        trainer.fit(model, dm)
+    assert reads == [2, 4]  # read at the checkpoints only (no logging step yet), not every step
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["last.ckpt", "latest-epoch=0-step=2.ckpt"]

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from lightning import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import WandbLogger
 
 from vaezoo.errors import VAEZooError
 
@@ -35,8 +34,8 @@ def checkpoint_folders(trainer: Trainer) -> tuple[list[Path], list[str]]:
             logger = trainer.loggers[0]
             # Neither .version nor .experiment: either would start a new run (a W&B run, a version folder).
             save_dir = logger.save_dir or trainer.default_root_dir
-            name = logger._project if isinstance(logger, WandbLogger) else logger.name
-            places.append(Path(save_dir) / str(name or "") / "*" / "checkpoints")
+            # .name is the W&B project, or the CSV/TensorBoard experiment name: the folder above the runs.
+            places.append(Path(save_dir) / str(logger.name or "") / "*" / "checkpoints")
         else:
             places.append(Path(trainer.default_root_dir) / "checkpoints")
     folders = [Path(f) for place in places for f in sorted(glob.glob(str(place))) if Path(f).is_dir()]

@@ -52,6 +52,7 @@ from torchmetrics.image import PeakSignalNoiseRatio
 
 from vaezoo.errors import VAEZooError
 from vaezoo.models import hparams
+from vaezoo.models.nonfinite import NonFiniteGuard
 from vaezoo.likelihoods import Bernoulli, Likelihood
 from vaezoo.metrics import LatentActivity
 from vaezoo.nets.base import ImageShape, Net, NetFactory
@@ -135,9 +136,10 @@ class VAE(L.LightningModule):
             the test NLL off. Costs k decoder passes per image.
         val_iw_samples: The same for ``val/nll`` at every validation; null (the default) turns it off.
         nonfinite: What a NaN or Inf training loss does: ``stop`` (an error naming the step and the term
-            that went non-finite; the last checkpoint stays good), ``skip`` (the batch is skipped, counted
-            in ``train/skipped_batches``), or ``off`` (no check: the check reads one number from the
-            device per step, a sync on GPUs).
+            that went non-finite; no checkpoint is written after it, so the last one holds finite weights;
+            on a GPU the check is read when metrics are logged, not every step), ``skip`` (the batch is
+            skipped, counted in ``train/skipped_batches``; reads one number from the device per step) or
+            ``off`` (no check).
         compile: Compile the net with ``torch.compile`` when training starts (opt-in: compiling costs
             tens of seconds up front and pays off on long runs, mostly on GPUs).
         optimizer: The optimiser, e.g. ``{class_path: torch.optim.Adam, init_args: {lr: 0.001}}``.
@@ -178,7 +180,7 @@ class VAE(L.LightningModule):
         self.iw_samples = {"val": val_iw_samples, "test": iw_samples}
         self.compile_net = compile
         self.nonfinite = nonfinite
-        self.skipped_batches = 0
+        self.nonfinite_guard = NonFiniteGuard(nonfinite)
         # Running sums of the training terms in this epoch, see _accumulate_train_terms.
         self._train_sums: Tensor | None = None
         self._train_sums_epoch = -1
@@ -275,7 +277,9 @@ class VAE(L.LightningModule):
         if self.likelihood.discrete:
             terms["bpd"] = self.bits_per_dim(-out.elbo)
         if stage == "train":
-            if self.nonfinite != "off" and not self._finite(x, out, loss):
+            parts = (x, out.recon, out.kl, out.posterior.mean, out.posterior.logvar)  # nonfinite.PARTS
+            if not self.nonfinite_guard.admit(self.global_step, self.current_epoch, loss, parts):
+                self.log("train/skipped_batches", float(self.nonfinite_guard.skipped), on_step=True, on_epoch=False)
                 return None  # skip: Lightning makes no backward pass and no optimiser step
             self._accumulate_train_terms(terms, x.shape[0])
         else:
@@ -319,7 +323,18 @@ class VAE(L.LightningModule):
         sums = self._running_train_sums(self.device).clone()
         return self.trainer.strategy.reduce(sums, reduce_op="sum") if self.trainer.world_size > 1 else sums
 
+    def _check_nonfinite(self) -> None:
+        """Raise for a non-finite step recorded on the device (a collective: call it on every rank)."""
+        reduce = self.trainer.strategy.reduce if self.trainer.world_size > 1 else None
+        self.nonfinite_guard.check(self.global_step, reduce)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        every = self.trainer.log_every_n_steps
+        if every and self.global_step % every == 0:  # a step on which metrics are read anyway
+            self._check_nonfinite()
+
     def on_train_epoch_end(self) -> None:
+        self._check_nonfinite()
         sums = self._reduced_train_sums()  # one all-reduce per epoch, not per step
         self._train_sums = None
         if sums[-1] > 0:
@@ -332,36 +347,12 @@ class VAE(L.LightningModule):
         # Lightning dumps a checkpoint on every rank, so the sum over processes can be taken here. A
         # resumed run puts it all on rank 0: the epoch mean stays exact, for any number of processes.
         if self._trainer is not None and self.trainer.state.fn == "fit":
+            self._check_nonfinite()  # never a checkpoint after a non-finite step
             checkpoint["vaezoo_train_sums"] = {"epoch": self.current_epoch, "sums": self._reduced_train_sums().cpu()}
 
     def on_train_epoch_start(self) -> None:
         if self._train_sums_epoch != self.current_epoch:  # restored sums of an epoch already finished
             self._train_sums = None
-
-    def _finite(self, x: Tensor, out: VAEOutput, loss: Tensor) -> bool:
-        """Whether the loss is finite; on a non-finite one, stop with an error or count a skip."""
-        if torch.isfinite(loss):
-            return True
-        if not torch.isfinite(x).all():  # the data, not the model: no setting of the model helps
-            raise VAEZooError(
-                f"the training batch at step {self.global_step} (epoch {self.current_epoch}) holds NaN or Inf pixels "
-                f"({int((~torch.isfinite(x)).sum())} of {x.numel()}), so the loss is {loss.item()}. Fix the dataset: "
-                "images must be finite numbers in [0, 1] (vaezoo's own DataModules store uint8 and cannot produce this)."
-            )
-        terms = {"recon": out.recon, "kl": out.kl, "posterior mean": out.posterior.mean,
-                 "posterior logvar": out.posterior.logvar}
-        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()] or ["loss"]
-        if self.nonfinite == "skip":
-            self.skipped_batches += 1
-            self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False)
-            return False
-        raise VAEZooError(
-            f"the training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}): "
-            f"{' and '.join(bad)} went non-finite. Training stopped before this step's update, so the last "
-            "checkpoint holds finite weights. Fixes: lower the learning rate (--model.optimizer.lr), clip "
-            "gradients (--trainer.gradient_clip_val 1.0), train in 32-true precision, check the data, or pass "
-            "--model.nonfinite skip to skip such batches."
-        )
 
     def _evaluate(self, x: Tensor, out: VAEOutput, terms: dict[str, Tensor], stage: str) -> None:
         """Update and log the validation or test metrics of one batch."""
