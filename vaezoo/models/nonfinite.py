@@ -86,7 +86,7 @@ class NonFiniteGuard:
 
         Args:
             step: The current global step, for the message.
-            reduce: Sums a tensor over processes (``strategy.reduce``); with DDP every process then
+            reduce: Reduces a tensor over processes (``strategy.reduce``); with DDP every process then
                 stops, not only the one whose batch went non-finite. Every process must call ``check``.
         """
         if self.mode != "stop" or self._first_step is None:
