@@ -106,3 +106,25 @@ def test_test_with_ckpt_path_best_finds_the_best_of_the_newest_run(data: Path, c
     assert code == 0, err
     assert f"vaezoo: --ckpt_path best: {best}" in out and "test/elbo" in out
     assert os.path.basename(best).startswith("best-epoch=")
+
+
+@pytest.mark.parametrize(
+    ("other", "expected"),
+    [
+        (lambda: __import__("vaezoo").BetaVAE(latent_dim=4, beta=4.0, iw_samples=None),
+         r"variant vaezoo.models.base.VAE \(checkpoint\) vs vaezoo.models.beta.BetaVAE \(config\)"),
+        (lambda: VAE(latent_dim=6, iw_samples=None), r"latent_dim 4 \(checkpoint\) vs 6 \(config\)"),
+    ],
+    ids=["variant", "latent_dim"],
+)
+def test_checkpoint_of_another_variant_or_shape_is_named(other, expected: str, tiny_mnist, tmp_path: Path) -> None:
+    from vaezoo.errors import VAEZooError
+
+    dm = MNISTDataModule(root=str(tiny_mnist[0]), val_size=16, batch_size=8)
+    kwargs = dict(max_steps=1, limit_val_batches=0, limit_test_batches=1, logger=False, enable_progress_bar=False,
+                  enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(**kwargs)
+    trainer.fit(VAE(latent_dim=4, iw_samples=None), dm)
+    trainer.save_checkpoint(tmp_path / "vanilla.ckpt")
+    with pytest.raises(VAEZooError, match=r"the checkpoint does not fit the model of this config: " + expected):
+        L.Trainer(**kwargs).test(other(), dm, ckpt_path=tmp_path / "vanilla.ckpt", weights_only=True)
