@@ -601,3 +601,20 @@ def test_unwritable_mnist_root_says_copy_the_files(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", read_only)
     with pytest.raises(VAEZooError, match=r"Cannot write to .*MNIST/raw .*writable folder"):
         MNISTDataModule(root=str(tmp_path)).prepare_data()
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+def test_splits_move_once_to_the_accelerator_when_asked(on_device: bool, tiny_mnist: TinyMNIST) -> None:
+    """With a Trainer on an accelerator, the uint8 splits live there and batches are cut there; the
+    "meta" device stands in for a GPU (same code path, no memory)."""
+    from types import SimpleNamespace
+
+    dm = MNISTDataModule(root=str(tiny_mnist[0]), val_size=16, batch_size=8, on_device=on_device)
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")), training=True)
+    first = dm.train_dataloader()
+    images, labels = next(iter(first))
+    expected = "meta" if on_device else "cpu"
+    assert images.device.type == labels.device.type == expected and images.dtype == torch.uint8
+    assert images.shape == (8, 1, 28, 28)
+    assert dm.train_dataloader().images is first.images  # moved once, reused by later loaders

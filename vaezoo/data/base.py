@@ -41,6 +41,7 @@ class ImageDataModule(lightning.LightningDataModule):
         val_size: int = 5000,
         seed: int = 0,
         download: bool = True,
+        on_device: bool = True,
     ) -> None:
         """Store and check the settings; nothing is read from disk until ``setup``.
 
@@ -53,6 +54,9 @@ class ImageDataModule(lightning.LightningDataModule):
             seed: Seed of the train/val split and of the training shuffle order (epoch e
                 is shuffled with seed + e), independent of seed_everything.
             download: Fetch (or extract) the dataset when it is not already under root.
+            on_device: Hold each split, as uint8, in the accelerator's memory (MNIST ~47 MB,
+                CIFAR-10 ~150 MB per process), so that a batch is one index on the device with no copy
+                from the host. No effect on the CPU; false keeps the splits in host memory.
         """
         super().__init__()
         if batch_size <= 0:
@@ -122,7 +126,7 @@ class ImageDataModule(lightning.LightningDataModule):
     def _loader(self, split: Split, training: bool) -> TensorBatchLoader:
         if split not in self._splits:
             raise VAEZooError(f"The {split} split is not loaded: call setup() first (the Trainer does this).")
-        images, labels = self._splits[split]
+        images, labels = self._on_device(split)
         batch_size = self.hparams.batch_size
         if not training and self.hparams.eval_batch_size is not None:
             batch_size = self.hparams.eval_batch_size
@@ -136,6 +140,15 @@ class ImageDataModule(lightning.LightningDataModule):
                 f"(shared over {sampler.rank_world()[1]} processes) can fill once: pass a smaller --data.batch_size."
             )
         return loader
+
+    def _on_device(self, split: Split) -> tuple[Tensor, Tensor]:
+        """The split's tensors, moved once to the accelerator the Trainer runs on (see ``on_device``)."""
+        images, labels = self._splits[split]
+        device = self.trainer.strategy.root_device if self.trainer is not None else images.device
+        if self.hparams.on_device and device.type != "cpu" and images.device != device:
+            images, labels = images.to(device), labels.to(device)
+            self._splits[split] = (images, labels)  # later loaders and epochs reuse the device copy
+        return images, labels
 
     def train_dataloader(self) -> TensorBatchLoader:
         """Shuffled training batches; the incomplete last batch is dropped."""
