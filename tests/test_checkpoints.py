@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from tests.data_files import write_mnist_idx
 from vaezoo.callbacks import LatestCheckpoint
@@ -105,6 +106,8 @@ def test_test_with_ckpt_path_best_finds_the_best_of_the_newest_run(data: Path, c
                              "--ckpt_path", "best", capsys=capsys)
     assert code == 0, err
     assert f"vaezoo: --ckpt_path best: {best}" in out and "test/elbo" in out
+    saved = yaml.safe_load(Path("runs/mnist_mlp/version_1/config.yaml").read_text())
+    assert saved["ckpt_path"] == best  # so that `vaezoo compare` ties the test run to its fit
     assert os.path.basename(best).startswith("best-epoch=")
 
 

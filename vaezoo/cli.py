@@ -154,6 +154,7 @@ class VAEZooCLI(LightningCLI):
         resolved = checkpoints.resolve(asked, self.trainer, self.subcommand)
         if resolved != asked:
             config["ckpt_path"] = resolved
+            self.config[self.subcommand]["ckpt_path"] = resolved  # the run's config.yaml names the file
             if self.trainer.is_global_zero:
                 print(f"vaezoo: --ckpt_path {asked}: " + (resolved or "no checkpoint yet, training from the start"))
 
