@@ -179,11 +179,13 @@ def vaezoo(workspace: Path, name: str, *args: str) -> Path:
     return cwd
 
 
-def val_metrics(run: Path) -> dict[int, dict[str, float]]:
-    """{epoch: {"val/elbo": ..., ...}} from the run's metrics.csv (the rows that hold val/ values)."""
+def val_metrics(run: Path, key: str = "val/elbo") -> dict[int, dict[str, float]]:
+    """{epoch: {"val/elbo": ..., ...}} from the run's metrics.csv (the rows that hold ``key``, and
+    their values under the same prefix: ``train/elbo_epoch`` gives the train epoch means)."""
+    prefix = key.split("/")[0] + "/"
     with open(run / "runs" / "mnist_mlp" / "version_0" / "metrics.csv", newline="") as f:
-        rows = [row for row in csv.DictReader(f) if row.get("val/elbo")]
-    return {int(row["epoch"]): {k: float(v) for k, v in row.items() if k.startswith("val/") and v} for row in rows}
+        rows = [row for row in csv.DictReader(f) if row.get(key)]
+    return {int(row["epoch"]): {k: float(v) for k, v in row.items() if k.startswith(prefix) and v} for row in rows}
 
 
 def batches(run: Path, stage: str, split: str, world_size: int) -> list[dict[int, list[list[int]]]]:
@@ -306,6 +308,13 @@ def test_ddp_fit_matches_one_process_on_the_same_global_batch(workspace: Path, k
         assert a["val/mse"] == pytest.approx(b["val/mse"], abs=1e-5), f"epoch {epoch}"
     # And training did move the model, so agreement is not that of two untrained nets.
     assert ddp_metrics[1]["val/elbo"] > ddp_metrics[0]["val/elbo"] + 10
+    # The train epoch means: each process sums its own half on its device, all-reduced once per epoch.
+    ddp_train, one_train = val_metrics(keyed_ddp_fit, "train/elbo_epoch"), val_metrics(single, "train/elbo_epoch")
+    assert sorted(ddp_train) == sorted(one_train) == list(range(EPOCHS))
+    for epoch in range(EPOCHS):
+        for term in ("elbo", "recon", "kl", "loss"):
+            a, b = ddp_train[epoch][f"train/{term}_epoch"], one_train[epoch][f"train/{term}_epoch"]
+            assert a == pytest.approx(b, abs=1e-3), f"train/{term}_epoch, epoch {epoch}"
 
 
 @pytest.mark.slow
