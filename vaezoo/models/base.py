@@ -39,7 +39,7 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import lightning as L
@@ -52,7 +52,9 @@ from torchmetrics.image import PeakSignalNoiseRatio
 
 from vaezoo.errors import VAEZooError
 from vaezoo.models import hparams
+from vaezoo.models import running_sums
 from vaezoo.models.nonfinite import NonFiniteGuard
+from vaezoo.models.running_sums import RunningSums
 from vaezoo.likelihoods import Bernoulli, Likelihood
 from vaezoo.metrics import LatentActivity
 from vaezoo.nets.base import ImageShape, Net, NetFactory
@@ -182,8 +184,7 @@ class VAE(L.LightningModule):
         self.nonfinite = nonfinite
         self.nonfinite_guard = NonFiniteGuard(nonfinite)
         # Running sums of the training terms in this epoch, see _accumulate_train_terms.
-        self._train_sums: Tensor | None = None
-        self._train_sums_epoch = -1
+        self.train_sums = RunningSums(["loss", "elbo", "recon", "kl"] + (["bpd"] if likelihood.discrete else []))
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         # Epoch means of every logged term, exact across batches of unequal size and across DDP ranks.
@@ -287,46 +288,24 @@ class VAE(L.LightningModule):
         return loss
 
     def _accumulate_train_terms(self, terms: dict[str, Tensor], batch_size: int) -> None:
-        """Add this batch to the epoch's running sums, on the device, and log step values now and then.
-
-        ``self.log`` costs ~0.5 ms per call on CPU (Lightning moves and checks each value), which on
-        a small net is most of a step; so the terms go into one fp64 tensor ``(T + 1,)`` (T term sums,
-        then the image count), with no host sync, and reach Lightning only on logging steps
-        (``--trainer.log_every_n_steps``) and once per epoch (:meth:`on_train_epoch_end`).
-        """
-        with torch.no_grad():
-            # Per-image terms (B,) are summed; scalar ones (the loss) weighted by the batch size.
-            sums = torch.stack([v.sum() if v.dim() else v * batch_size for v in terms.values()])
-            running = self._running_train_sums(sums.device)
-            running[:-1] += sums.to(running.dtype)
-            running[-1] += batch_size
+        """Add the batch to the epoch's sums on the device; log step values on logging steps only."""
+        self.train_sums.add(terms, batch_size, self.current_epoch)
         every = self.trainer.log_every_n_steps
         if every and (self.global_step + 1) % every == 0:  # when Lightning writes to the loggers
-            # Per process (no collective per step): the epoch means below cover every process.
+            # Per process (no collective per step): the epoch means cover every process.
             for name, value in terms.items():
                 self.log(f"train/{name}_step", value.detach().mean(), prog_bar=name == "loss")
 
-    def _running_train_sums(self, device: torch.device) -> Tensor:
-        if self._train_sums is None:
-            dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no fp64
-            self._train_sums = torch.zeros(len(self._train_term_names()) + 1, dtype=dtype, device=device)
-            self._train_sums_epoch = self.current_epoch
-        elif self._train_sums.device != device:  # restored from a checkpoint, on the CPU
-            self._train_sums = self._train_sums.to(device)
-        return self._train_sums
-
-    def _train_term_names(self) -> list[str]:
-        return ["loss", "elbo", "recon", "kl"] + (["bpd"] if self.likelihood.discrete else [])
-
-    def _reduced_train_sums(self) -> Tensor:
-        """The running sums of every process added up: a collective, so every rank calls it."""
-        sums = self._running_train_sums(self.device).clone()
-        return self.trainer.strategy.reduce(sums, reduce_op="sum") if self.trainer.world_size > 1 else sums
+    def _reduce(self) -> Callable[..., Tensor] | None:
+        """``strategy.reduce`` with several processes (a collective: every rank calls it), else None."""
+        return self.trainer.strategy.reduce if self.trainer.world_size > 1 else None
 
     def _check_nonfinite(self) -> None:
         """Raise for a non-finite step recorded on the device (a collective: call it on every rank)."""
-        reduce = self.trainer.strategy.reduce if self.trainer.world_size > 1 else None
-        self.nonfinite_guard.check(self.global_step, reduce)
+        self.nonfinite_guard.check(self.global_step, self._reduce())
+
+    def on_train_epoch_start(self) -> None:
+        self.train_sums.start_epoch(self.current_epoch)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         every = self.trainer.log_every_n_steps
@@ -335,24 +314,18 @@ class VAE(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._check_nonfinite()
-        sums = self._reduced_train_sums()  # one all-reduce per epoch, not per step
-        self._train_sums = None
-        if sums[-1] > 0:
-            means = (sums[:-1] / sums[-1]).float()
-            names = self._train_term_names()
+        means = self.train_sums.means(self.device, self.current_epoch, self._reduce())  # one all-reduce
+        if means:
             # The means are already equal on every rank; sync_dist only keeps Lightning from warning.
-            self.log_dict({f"train/{n}_epoch": m for n, m in zip(names, means)}, on_epoch=True, sync_dist=True)
+            self.log_dict({f"train/{n}_epoch": m for n, m in means.items()}, on_epoch=True, sync_dist=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Lightning dumps a checkpoint on every rank, so the sum over processes can be taken here. A
-        # resumed run puts it all on rank 0: the epoch mean stays exact, for any number of processes.
+        # Lightning dumps a checkpoint on every rank, so collectives are safe here.
         if self._trainer is not None and self.trainer.state.fn == "fit":
             self._check_nonfinite()  # never a checkpoint after a non-finite step
-            checkpoint["vaezoo_train_sums"] = {"epoch": self.current_epoch, "sums": self._reduced_train_sums().cpu()}
-
-    def on_train_epoch_start(self) -> None:
-        if self._train_sums_epoch != self.current_epoch:  # restored sums of an epoch already finished
-            self._train_sums = None
+            checkpoint[running_sums.CHECKPOINT_KEY] = self.train_sums.state(
+                self.device, self.current_epoch, self._reduce()
+            )
 
     def _evaluate(self, x: Tensor, out: VAEOutput, terms: dict[str, Tensor], stage: str) -> None:
         """Update and log the validation or test metrics of one batch."""
@@ -424,11 +397,8 @@ class VAE(L.LightningModule):
             clash.insert(0, f"variant {path} (checkpoint) vs {type(self).__module__}.{type(self).__name__} (config)")
         if clash:
             raise VAEZooError(_checkpoint_mismatch("; ".join(clash)))
-        saved_sums = checkpoint.get("vaezoo_train_sums")
-        if saved_sums is not None and saved_sums["sums"].numel() == len(self._train_term_names()) + 1:
-            sums = saved_sums["sums"]
-            self._train_sums = sums.clone() if self.global_rank == 0 else torch.zeros_like(sums)
-            self._train_sums_epoch = saved_sums["epoch"]
+        if running_sums.CHECKPOINT_KEY in checkpoint:
+            self.train_sums.restore(checkpoint[running_sums.CHECKPOINT_KEY], self.global_rank)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):  # noqa: ANN201
         try:
