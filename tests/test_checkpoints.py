@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -12,8 +11,8 @@ import torch
 import yaml
 
 from tests.data_files import write_mnist_idx
+from tests.test_cli import run_cli
 from vaezoo.callbacks import LatestCheckpoint
-from vaezoo.cli import main
 from vaezoo.data.mnist import MNISTDataModule
 from vaezoo.models import VAE
 
@@ -22,18 +21,6 @@ RECIPE = REPO / "configs" / "mnist_mlp.yaml"
 # 64 training images - 16 for validation = 6 steps of 8 per epoch
 FAST = ["--data.val_size", "16", "--data.batch_size", "8", "--model.iw_samples", "2", "--images.every_n_epochs", "0",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-
-
-def run_cli(*args: str, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(sys, "argv", ["vaezoo"])
-            main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
