@@ -274,9 +274,8 @@ def _check_cpu_devices(trainer: Namespace) -> None:
     Lightning refuses a GPU count that the machine lacks, but starts any number of CPU processes, each
     with a full copy of the model and data, which then fight over the cores.
     """
-    accelerator, devices = str(trainer.get("accelerator") or "auto"), trainer.get("devices")
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not _accelerator_available())
-    if not on_cpu or not isinstance(devices, (int, str)) or not str(devices).isdigit():
+    devices = trainer.get("devices")
+    if not _on_cpu(trainer) or not isinstance(devices, (int, str)) or not str(devices).isdigit():
         return
     cores = os.cpu_count() or 1
     if int(devices) > cores:
@@ -289,8 +288,8 @@ def _check_cpu_devices(trainer: Namespace) -> None:
 
 def _check_cpu_precision(trainer: Namespace) -> None:
     """Refuse the precisions that a CPU cannot train in, before any data is loaded."""
-    precision, accelerator = str(trainer.get("precision") or "32-true"), str(trainer.get("accelerator") or "auto")
-    if not (accelerator == "cpu" or (accelerator == "auto" and not _accelerator_available())):
+    precision = str(trainer.get("precision") or "32-true")
+    if not _on_cpu(trainer):
         return
     if precision in ("16-true", "16"):
         raise VAEZooError(
@@ -303,10 +302,13 @@ def _check_cpu_precision(trainer: Namespace) -> None:
                           "or 32-true on a CPU.")
 
 
-def _accelerator_available() -> bool:
+def _on_cpu(trainer: Namespace) -> bool:
+    """Whether the parsed trainer config will run on the CPU (``auto`` without a GPU or MPS)."""
     import torch
 
-    return torch.cuda.is_available() or torch.backends.mps.is_available()
+    accelerator = str(trainer.get("accelerator") or "auto")
+    gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
+    return accelerator == "cpu" or (accelerator == "auto" and not gpu)
 
 
 def _default_progress_bar(trainer: Namespace) -> None:

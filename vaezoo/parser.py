@@ -9,7 +9,6 @@ match where there is one, and where the full list of options is.
 from __future__ import annotations
 
 import difflib
-import inspect
 import os
 import re
 import sys
@@ -17,6 +16,8 @@ from typing import NoReturn
 
 from jsonargparse._util import import_object
 from lightning.pytorch.cli import LightningArgumentParser
+
+from vaezoo.models.hparams import init_parameters
 
 # Lines of jsonargparse's messages that describe its attempts, not the problem.
 _NOISE = re.compile(
@@ -26,19 +27,6 @@ _NOISE = re.compile(
 _CLASS_PATH = re.compile(r"class_path[ =]'([\w.]+)'")
 _OPTION = re.compile(r"Option '([\w.]+)' is not accepted")
 _SUBCOMMAND_OPTION = re.compile(r"does not accept option '([\w.]+)'")
-
-
-def init_parameters(cls: type) -> list[str]:
-    """The keyword arguments ``cls(...)`` accepts, through ``**kwargs`` passed on to base classes."""
-    names: list[str] = []
-    for klass in cls.__mro__:
-        if klass is object or "__init__" not in vars(klass):
-            continue
-        params = inspect.signature(klass.__init__).parameters.values()
-        names += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
-    return list(dict.fromkeys(names))
 
 
 def close_match(name: str, known: list[str]) -> str:

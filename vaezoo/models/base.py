@@ -183,13 +183,14 @@ class VAE(L.LightningModule):
         self.compile_net = compile
         self.nonfinite = nonfinite
         self.nonfinite_guard = NonFiniteGuard(nonfinite)
+        # The terms every step computes (see _step); evaluation adds the importance-weighted NLL.
+        step_terms = ["loss", "elbo", "recon", "kl"] + (["bpd"] if likelihood.discrete else [])
         # Running sums of the training terms in this epoch, see _accumulate_train_terms.
-        self.train_sums = RunningSums(["loss", "elbo", "recon", "kl"] + (["bpd"] if likelihood.discrete else []))
+        self.train_sums = RunningSums(step_terms)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         # Epoch means of every logged term, exact across batches of unequal size and across DDP ranks.
-        terms = ["loss", "elbo", "recon", "kl", "nll"]
-        terms += ["bpd", "nll_bpd"] if likelihood.discrete else []
+        terms = [*step_terms, "nll"] + (["nll_bpd"] if likelihood.discrete else [])
         self.eval_means = nn.ModuleDict(
             {stage: nn.ModuleDict({t: MeanMetric() for t in terms}) for stage in _EVAL_STAGES}
         )

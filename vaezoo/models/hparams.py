@@ -33,6 +33,19 @@ def class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def init_parameters(cls: type) -> list[str]:
+    """The keyword arguments ``cls(...)`` accepts, through ``**kwargs`` passed on to base classes."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if klass is object or "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return list(dict.fromkeys(names))
+
+
 def as_config(value: Any) -> Any:
     """``value`` as config data: plain values as they are, classes, partials and modules as class paths.
 
@@ -58,8 +71,7 @@ def as_config(value: Any) -> Any:
         return {"class_path": class_path(value._lazy_class_type), "init_args": as_config(value._lazy_kwargs)}
     if isinstance(value, nn.Module):
         # A module whose init arguments are kept as attributes of the same name (the likelihoods).
-        params = inspect.signature(type(value).__init__).parameters.values()
-        names = [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        names = init_parameters(type(value))
         missing = [n for n in names if not hasattr(value, n)]
         if missing:
             raise Unrepresentable(f"{type(value).__name__} does not keep its init argument(s) {missing}")
