@@ -1,60 +1,145 @@
-"""``--ckpt_path last`` and ``--ckpt_path best`` across runs, not only within one.
+"""``--ckpt_path last`` and ``--ckpt_path best`` across runs, among runs trained with the same settings.
 
 Lightning resolves ``last`` in the checkpoint folder of *this* run, ``<save_dir>/<name>/version_<N>/
 checkpoints``. A new ``vaezoo fit`` gets a new version, whose folder is empty, so Lightning warns and
 trains from step 0: a killed run would not resume. ``best`` needs the ModelCheckpoint of a fit in
-the same process, which a separate ``vaezoo test`` never has. Here both names are looked up over
-every run of the config's logger (``<save_dir>/<name>/*/checkpoints``) and replaced by a path
-before Lightning sees them.
+the same process, which a separate ``vaezoo test`` never has. Here both names are looked up, before
+anything is built, over every run of the config's logger (``<save_dir>/<name>/*/checkpoints``), and
+replaced by a path: the CLI then treats it exactly as a path given by hand.
+
+Only runs trained with the same model and data settings count (:func:`vaezoo.runs.settings`): under
+W&B every recipe shares ``<save_dir>/<project>``, and a sweep puts runs of several learning rates
+side by side. A run's settings come from the ``config.yaml`` in its folder, or, for checkpoints kept
+elsewhere (a callback's own ``dirpath``), from the hyperparameters inside the checkpoint.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib
+import os
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import torch
-from lightning import Trainer
+import yaml
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from vaezoo import runs
 from vaezoo.errors import VAEZooError
 
 
-def checkpoint_folders(trainer: Trainer) -> tuple[list[Path], list[str]]:
-    """Every folder where this config's ModelCheckpoints have written checkpoints, and the places
-    searched (for messages).
+def _class(spec: object) -> type | None:
+    """The class of a parsed ``class_path``/``init_args`` entry, if it imports."""
+    path = spec.get("class_path") if isinstance(spec, Namespace) else None
+    if not isinstance(path, str) or "." not in path:
+        return None
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
 
-    Mirrors Lightning's choice of ``dirpath``: the callback's own ``dirpath`` if set, else
-    ``<save_dir>/<name>/<version>/checkpoints`` of the first logger, for every version on disk,
-    else ``<default_root_dir>/checkpoints``.
+
+def _init_args(spec: Namespace) -> dict[str, Any]:
+    args = spec.get("init_args")
+    return args.as_dict() if isinstance(args, Namespace) else dict(args or {})
+
+
+def search_places(trainer: Namespace) -> list[str]:
+    """The folders (globs) where the ModelCheckpoints of a parsed trainer config write, as Lightning chooses them.
+
+    A callback's own ``dirpath`` if set; else ``<save_dir>/<name>/*/checkpoints`` of the first logger, for
+    every version; else ``<default_root_dir>/checkpoints``.
     """
-    places = [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath]
-    if len(places) < len(trainer.checkpoint_callbacks):  # some use the logger's run folders
-        if trainer.loggers:
-            logger = trainer.loggers[0]
-            # Neither .version nor .experiment: either would start a new run (a W&B run, a version folder).
-            save_dir = logger.save_dir or trainer.default_root_dir
-            # .name is the W&B project, or the CSV/TensorBoard experiment name: the folder above the runs.
-            places.append(Path(save_dir) / str(logger.name or "") / "*" / "checkpoints")
-        else:
-            places.append(Path(trainer.default_root_dir) / "checkpoints")
-    folders = [Path(f) for place in places for f in sorted(glob.glob(str(place))) if Path(f).is_dir()]
-    return list(dict.fromkeys(folders)), [str(p) for p in dict.fromkeys(places)]
+    root = str(trainer.get("default_root_dir") or os.getcwd())
+    callbacks = trainer.get("callbacks") or []
+    specs = [s for s in (callbacks if isinstance(callbacks, list) else [callbacks])
+             if (cls := _class(s)) is not None and issubclass(cls, ModelCheckpoint)]
+    places = [str(_init_args(s)["dirpath"]) for s in specs if _init_args(s).get("dirpath")]
+    if len(places) == len(specs) and specs:
+        return places
+    logger = trainer.get("logger")
+    logger = (logger[0] if logger else None) if isinstance(logger, list) else logger
+    if logger is None or logger is False:
+        return [*places, os.path.join(root, "checkpoints")]
+    if logger is True:  # Lightning's default logger: <default_root_dir>/lightning_logs/version_N
+        return [*places, os.path.join(root, "lightning_logs", "*", "checkpoints")]
+    cls = _class(logger)
+    if cls is None:
+        return [*places, os.path.join(root, "checkpoints")]
+    # Building a logger starts nothing (a W&B run starts on first use); only its save_dir and name are read.
+    instance = cls(**_init_args(logger))
+    return [*places, os.path.join(str(instance.save_dir or root), str(instance.name or ""), "*", "checkpoints")]
 
 
-def newest(folders: list[Path]) -> Path | None:
-    """The most recently written checkpoint in ``folders``: ``last.ckpt``'s target as a rule.
+@dataclass(frozen=True)
+class Candidate:
+    """A checkpoint on disk and the run that wrote it."""
 
-    Any ``*.ckpt`` counts, not only ``last*.ckpt``: Lightning replaces the ``last.ckpt`` link by
-    removing it first, so a crash at that moment leaves the newest state under its own name only.
+    path: Path
+
+    @property
+    def run_folder(self) -> Path | None:
+        """``<run>/`` for ``<run>/checkpoints/x.ckpt`` with a ``config.yaml`` beside, else None."""
+        run = self.path.parent.parent
+        return run if self.path.parent.name == "checkpoints" and (run / "config.yaml").is_file() else None
+
+    @property
+    def shown(self) -> str:
+        """The run folder (or the file), relative to the working folder when it lies below it."""
+        shown = self.run_folder or self.path
+        try:
+            return str(shown.relative_to(Path.cwd().resolve()))
+        except ValueError:
+            return str(shown)
+
+    @cached_property
+    def settings(self) -> dict[str, Any] | None:
+        """The run's settings (:func:`vaezoo.runs.settings`); None when neither source can be read."""
+        return settings_of(self.path)
+
+
+def settings_of(path: Path) -> dict[str, Any] | None:
+    """The settings a checkpoint was trained with: its run's ``config.yaml``, else its own hyperparameters."""
+    run = path.parent.parent
+    if path.parent.name == "checkpoints" and (run / "config.yaml").is_file():
+        try:
+            config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            config = None
+        if isinstance(config, dict):
+            return runs.settings(config)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 (a cut-off or foreign file: it is named when it is used)
+        return None
+    config = {}
+    for key, hparams_key in (("model", "hyper_parameters"), ("data", "datamodule_hyper_parameters")):
+        hparams = dict(checkpoint.get(hparams_key) or {})
+        hparams.pop("_instantiator", None)
+        if "_class_path" in hparams:  # LightningCLI's form: the class and its arguments
+            config[key] = {"class_path": hparams.pop("_class_path"), "init_args": hparams}
+    return runs.settings(config) if config else None
+
+
+def candidates(places: list[str]) -> list[Candidate]:
+    """Every checkpoint in the folders matching ``places``, newest first.
+
+    Any ``*.ckpt`` counts, not only ``last*.ckpt``: Lightning replaces the ``last.ckpt`` link by removing it
+    first, so a crash at that moment leaves the newest state under its own name only.
     """
-    candidates = {p.resolve() for folder in folders for p in folder.glob("*.ckpt") if p.exists()}
-    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
+    folders = dict.fromkeys(Path(f) for place in places for f in sorted(glob.glob(place)) if Path(f).is_dir())
+    files = {p.resolve() for folder in folders for p in folder.glob("*.ckpt") if p.exists()}
+    return [Candidate(p) for p in sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)]
 
 
 def best_of(last: Path) -> Path | None:
     """The best checkpoint that the monitoring ModelCheckpoint of the run of ``last`` had recorded."""
-    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
     for key, state in (checkpoint.get("callbacks") or {}).items():
         if key.startswith("ModelCheckpoint") and state.get("monitor") and state.get("best_model_path"):
             path = Path(state["best_model_path"])
@@ -62,33 +147,55 @@ def best_of(last: Path) -> Path | None:
     return None
 
 
-def resolve(ckpt_path: str | None, trainer: Trainer, subcommand: str) -> str | None:
-    """``ckpt_path`` with ``last`` and ``best`` replaced by the file they stand for.
+@dataclass
+class Resolution:
+    """What ``last`` or ``best`` stands for: a checkpoint, or None with the reason."""
 
-    For ``fit``, ``last`` with no checkpoint found means a first run: None (train from the start).
+    path: str | None
+    notice: str
+
+
+def resolve(keyword: str, subcommand: str, trainer: Namespace, asked: dict[str, Any]) -> Resolution:
+    """The checkpoint that ``--ckpt_path last`` or ``best`` stands for, among runs with the settings ``asked``.
+
+    Args:
+        keyword: ``last`` or ``best``.
+        subcommand: ``fit``, ``validate``, ``test`` or ``predict``.
+        trainer: The parsed trainer config (where the checkpoints are).
+        asked: This command's settings (:func:`vaezoo.runs.settings`).
+
+    Returns:
+        The path, with the line that says what was chosen. For ``fit``, ``last`` with no checkpoint of this
+        run's settings means a first run: no path, training starts from the start.
 
     Raises:
-        VAEZooError: ``last`` or ``best`` for evaluation with nothing to evaluate.
+        VAEZooError: ``last`` or ``best`` for evaluation with nothing of these settings to evaluate.
     """
-    if ckpt_path not in ("last", "best") or (ckpt_path == "best" and trainer.checkpoint_callback and
-                                             getattr(trainer.checkpoint_callback, "best_model_path", "")):
-        return ckpt_path  # a path, another keyword, or a best of a fit in this process: Lightning's
-    folders, places = checkpoint_folders(trainer)
+    places = search_places(trainer)
     where = " or ".join(places)
-    last = newest(folders)
-    if ckpt_path == "last":
+    found = candidates(places)
+    same = [c for c in found if c.settings is None or not runs.differences(c.settings, asked)]
+    other = next((c for c in found if c not in same), None)
+    others = ""
+    if other is not None and other.settings is not None:
+        others = (f" {other.shown} was trained with other settings ({'; '.join(runs.differences(other.settings, asked))}); "
+                  f"to use it, run with its config (--config {other.shown}/config.yaml) or give its checkpoint's path.")
+    last = same[0].path if same else None
+    if keyword == "last":
         if last is not None:
-            return str(last)
+            return Resolution(str(last), f"vaezoo: --ckpt_path last: {last}")
         if subcommand == "fit":
-            return None
+            return Resolution(None, f"vaezoo: --ckpt_path last: no checkpoint of a run with these settings yet, "
+                                    f"training from the start.{others}")
         raise VAEZooError(
-            f"--ckpt_path last: there is no checkpoint in {where}. Train first (vaezoo fit with the same "
-            "config), or give the path of a checkpoint."
+            f"--ckpt_path last: there is no checkpoint of a run with these model and data settings in {where}."
+            f"{others or ' Train first (vaezoo fit with the same config), or give the path of a checkpoint.'}"
         )
     best = best_of(last) if last is not None else None
     if best is None:
         raise VAEZooError(
-            f"--ckpt_path best: no best checkpoint is recorded in {where} (it needs a fit whose ModelCheckpoint "
-            "monitors a metric, e.g. val/elbo as the recipes do). Give the path of a checkpoint, or 'last'."
+            f"--ckpt_path best: no best checkpoint of a run with these model and data settings is recorded in {where} "
+            "(it needs a fit whose ModelCheckpoint monitors a metric, e.g. val/elbo as the recipes do). Give the path "
+            f"of a checkpoint, or 'last'.{others}"
         )
-    return str(best)
+    return Resolution(str(best), f"vaezoo: --ckpt_path best: {best}")

@@ -15,10 +15,12 @@ import re
 import logging
 import sys
 import tempfile
+import traceback
 import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Literal
 
 import yaml
 from jsonargparse import Namespace, _typehints
@@ -27,7 +29,7 @@ from lightning import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
 import vaezoo.data  # noqa: F401 (registers the datasets)
 import vaezoo.likelihoods  # noqa: F401 (registers the likelihoods)
@@ -35,14 +37,15 @@ import vaezoo.models  # noqa: F401 (registers the variants)
 import vaezoo.nets  # noqa: F401 (registers the nets)
 from vaezoo.callbacks import FID, ImageLogger, PredictionWriter
 from vaezoo.data.base import ImageDataModule
-from vaezoo import checkpoints, tracking
-from vaezoo.errors import VAEZooError
+from vaezoo import checkpoints, runs, summary, tracking
+from vaezoo.errors import VAEZooError, refused_arguments
 from vaezoo.parser import VAEZooParser
 from vaezoo.models.base import VAE
 from vaezoo.registry import format_table, load_plugins, resolve_name, unknown_name_message
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # torch colours its messages
-_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # what Lightning resolves itself
+# What Lightning resolves itself: SLURM's requeue checkpoint, and models of a Lightning model registry.
+_LIGHTNING_CKPT_KEYWORDS = ("hpc", "registry")
 DESCRIPTION = (
     "vaezoo: train, compare and extend variational autoencoders. "
     "Run `vaezoo variants` to list the registered variants, nets, datasets, likelihoods and loggers, "
@@ -93,36 +96,93 @@ class VAEZooCLI(LightningCLI):
     """LightningCLI with the image shape linked from the DataModule into the model."""
 
     def _parse_ckpt_path(self) -> None:
-        """Check ``--ckpt_path``, then let Lightning rebuild the model from the checkpoint's hyperparameters.
+        """Resolve and check ``--ckpt_path``, then let Lightning rebuild the model from the checkpoint's hyperparameters.
 
-        Lightning reads the file here, before anything else runs: a mistyped or cut-off path would
-        surface as a traceback. It then replaces the whole ``model`` config by the checkpoint's, so the
-        net fits the weights; vaezoo says so when that changes the config's model, and keeps the
-        settings that only steer this run (``_RUN_SETTINGS``) as the config and command line give them.
+        ``last`` and ``best`` become a path first (:mod:`vaezoo.checkpoints`), so both forms take this one
+        path. Lightning reads the file here, before anything else runs: a mistyped or cut-off path would
+        surface as a traceback. It then replaces the whole ``model`` config by the checkpoint's, so the net
+        fits the weights. ``fit`` refuses a checkpoint trained with other settings than this command's
+        unless ``--ckpt_mismatch use_checkpoint`` asks to continue it as it was trained; evaluation says
+        what the checkpoint changes. The settings that only steer this run (:data:`vaezoo.runs.RUN_SETTINGS`)
+        stay as the config and command line give them, and ``config.yaml`` records what is used.
         """
         subcommand = self.config.get("subcommand")
-        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt or ckpt in _CKPT_KEYWORDS:
+        if not subcommand:
             return super()._parse_ckpt_path()
-        if not Path(ckpt).is_file():
+        config = self.config[subcommand]
+        ckpt = config.get("ckpt_path")
+        if ckpt is None:
+            if subcommand != "fit":
+                raise VAEZooError(
+                    f"vaezoo {subcommand} needs a trained model, and no --ckpt_path was given: without one it would "
+                    "score randomly initialised weights. Pass --ckpt_path last (the newest checkpoint of this "
+                    "config's runs), --ckpt_path best (their best by val/elbo) or --ckpt_path PATH."
+                )
+            return None
+        if str(ckpt).split(":")[0] in _LIGHTNING_CKPT_KEYWORDS:
+            return super()._parse_ckpt_path()
+        asked_settings = runs.settings(self._plain(subcommand))
+        if ckpt in ("last", "best"):
+            resolution = checkpoints.resolve(ckpt, subcommand, config.trainer, asked_settings)
+            if runs.is_main_process():
+                print(resolution.notice)
+            config["ckpt_path"] = ckpt = resolution.path  # config.yaml names the file
+            if ckpt is None:
+                return None
+        _check_checkpoint_file(Path(ckpt))
+        run_settings = checkpoints.settings_of(Path(ckpt)) or {}
+        changed = runs.differences(run_settings, asked_settings)
+        use_checkpoint = config.get("ckpt_mismatch") == "use_checkpoint"
+        if subcommand == "fit" and changed and not use_checkpoint:
             raise VAEZooError(
-                f"--ckpt_path {ckpt} does not exist. Give the path of a .ckpt file, e.g. runs/<recipe>/version_<N>/"
-                "checkpoints/last.ckpt, or 'last' (the newest checkpoint of this config's runs) or 'best'."
+                f"--ckpt_path {ckpt} was trained with other settings than this command's: {'; '.join(changed)}. "
+                "Resuming would train on with the checkpoint's weights and optimizer state under settings it was not "
+                "trained with. Run with the settings it was trained with (--config <its run>/config.yaml), drop "
+                "--ckpt_path to start a new run, or add --ckpt_mismatch use_checkpoint to continue it as it was "
+                "trained (config.yaml then records the checkpoint's settings)."
             )
-        _check_complete(Path(ckpt))
-        asked = self.config[subcommand].get("model")
+        asked = config.get("model")
         asked = asked.clone() if isinstance(asked, Namespace) else asked
         super()._parse_ckpt_path()
-        model = self.config[subcommand].get("model")
+        config = self.config[subcommand]
+        model = config.get("model")
         if not isinstance(asked, Namespace) or not isinstance(model, Namespace):
-            return
-        for key in _RUN_SETTINGS:
+            return None
+        for key in runs.MODEL_RUN_SETTINGS:
             if f"init_args.{key}" in asked and f"init_args.{key}" in model:
                 model[f"init_args.{key}"] = asked[f"init_args.{key}"]
+        if subcommand == "fit" and changed:  # use_checkpoint: the data and seed as trained, too
+            self._use_run_data(config, Path(ckpt))
         changed = _model_changes(asked, model)
-        if changed:
+        if changed and runs.is_main_process():
             print(f"vaezoo: the model is built as {ckpt} was trained, not as the config says: {'; '.join(changed)}.",
                   file=sys.stderr)
+        return None
+
+    def _plain(self, subcommand: str) -> dict[str, Any]:
+        """A subcommand's parsed config as plain data, as config.yaml holds it (defaults' class paths included)."""
+        return yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_check=True))[subcommand]
+
+    def _use_run_data(self, config: Namespace, ckpt: Path) -> None:
+        """Replace the data config and seed by those of the run of ``ckpt`` (keeping where the data lies)."""
+        run = checkpoints.Candidate(ckpt).run_folder
+        saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) if run else None
+        if not isinstance(saved, dict):
+            return
+        asked = config.get("data")
+        asked = asked.clone() if isinstance(asked, Namespace) else asked
+        updates: dict[str, Any] = {}
+        if isinstance(saved.get("data"), dict):
+            updates["data"] = saved["data"]
+        if isinstance(saved.get("seed_everything"), int):
+            updates["seed_everything"] = saved["seed_everything"]
+        subcommand = self.config.subcommand
+        self.config = self.parser.parse_object({subcommand: updates}, self.config)
+        data = self.config[subcommand].get("data")
+        if isinstance(asked, Namespace) and isinstance(data, Namespace):
+            for key in runs.DATA_RUN_SETTINGS:
+                if f"init_args.{key}" in asked and f"init_args.{key}" in data:
+                    data[f"init_args.{key}"] = asked[f"init_args.{key}"]
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -133,6 +193,11 @@ class VAEZooCLI(LightningCLI):
         _check_cpu_devices(config.trainer)
         _check_cpu_precision(config.trainer)
         _default_progress_bar(config.trainer)
+        if self.subcommand == "predict":
+            # predict logs no metrics: its files and their config.yaml go to --predict_writer.output_dir, and no
+            # run folder is made (it would hold a config and nothing else, and show up in `vaezoo compare`).
+            config.trainer.logger = False
+        self._claim_run_folders(config.trainer)
         wandb_loggers = [spec for spec in _logger_specs(config.trainer.logger) if _is_wandb(spec)]
         if wandb_loggers:
             tracking.choose_mode()  # before W&B starts: offline without an API key, never a prompt
@@ -142,23 +207,68 @@ class VAEZooCLI(LightningCLI):
                     if spec.init_args.get(key) is None:
                         spec.init_args[key] = value
 
+    def _claim_run_folders(self, trainer: Namespace) -> None:
+        """Give each CSV and TensorBoard logger a ``version_<N>`` folder that no other run can take.
+
+        Only rank 0 of a job claims (the others' loggers write nothing; Lightning sends them rank 0's
+        checkpoint folder). The version is set for building the logger and reset to null in the saved
+        config, so that the run's ``config.yaml`` starts a new run when it is used as ``--config``.
+        """
+        self._claimed: list[tuple[Namespace, Path]] = []
+        if not runs.is_main_process():
+            return
+        root = str(trainer.get("default_root_dir") or ".")
+        for spec in _logger_specs(trainer.get("logger")):
+            if not (_is_subclass(spec, CSVLogger) or _is_subclass(spec, TensorBoardLogger)):
+                continue
+            args = spec.init_args
+            folder = Path(args.get("save_dir") or root) / str(args.get("name") or "lightning_logs")
+            if args.get("version") is not None:
+                version = args.version
+                runs.check_unused(folder / (f"version_{version}" if isinstance(version, int) else str(version)),
+                                  "--trainer.logger.init_args.version")
+                continue
+            args.version = runs.claim_version(folder)
+            self._claimed.append((spec, folder / f"version_{args.version}"))
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except BaseException:
+            runs.release([folder for _, folder in getattr(self, "_claimed", [])])
+            raise
+        for spec, _ in getattr(self, "_claimed", []):
+            spec.init_args.version = None  # config.yaml: a new run's config, not this folder's
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        finally:  # a failed or empty command leaves no empty run folder behind
+            runs.release([folder for _, folder in getattr(self, "_claimed", [])])
+
     def _before_subcommand(self) -> None:
         if self.trainer.is_global_zero:  # rank 0 writes the run's files
             _check_writable(self.trainer)
-        self._resolve_ckpt_path()
-
-    def _resolve_ckpt_path(self) -> None:
-        # Lightning looks for 'last' in this run's new, empty folder; 'best' needs a fit in this process.
         config = self.config_init[self.subcommand]
-        asked = config.get("ckpt_path")
-        resolved = checkpoints.resolve(asked, self.trainer, self.subcommand)
-        if resolved != asked:
-            config["ckpt_path"] = resolved
-            self.config[self.subcommand]["ckpt_path"] = resolved  # the run's config.yaml names the file
-            if self.trainer.is_global_zero:
-                print(f"vaezoo: --ckpt_path {asked}: " + (resolved or "no checkpoint yet, training from the start"))
+        if "verbose" in config:
+            config["verbose"] = False  # vaezoo prints its own table, with units (summary.eval_summary)
 
     before_fit = before_validate = before_test = before_predict = _before_subcommand
+
+    def _after_subcommand(self) -> None:
+        if self.trainer.is_global_zero:
+            folder = _run_folder(self.trainer.loggers[0]) if self.trainer.loggers else None
+            if self.subcommand == "fit":
+                print(summary.fit_summary(self.trainer, folder))
+            elif self.subcommand in ("test", "validate"):
+                model = self.trainer.lightning_module
+                k = model.hparams.get("iw_samples" if self.subcommand == "test" else "val_iw_samples")
+                ckpt = self.config[self.subcommand].get("ckpt_path")
+                stage = "test" if self.subcommand == "test" else "val"
+                print(summary.eval_summary(self.trainer, stage, ckpt, k, folder))
+        self._announce_wandb()
+
+    after_fit = after_validate = after_test = after_predict = _after_subcommand
 
     def _announce_wandb(self) -> None:
         wandb_loggers = [logger for logger in self.trainer.loggers if isinstance(logger, WandbLogger)]
@@ -172,8 +282,6 @@ class VAEZooCLI(LightningCLI):
 
         wandb.finish()  # one subcommand, one run: a later CLI call in this process starts its own
 
-    after_fit = after_validate = after_test = after_predict = _announce_wandb
-
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # image_shape is a property of the DataModule class, not an init arg: linking an init arg
         # on instantiation makes Lightning's hparams merge fail once a logger is attached.
@@ -183,6 +291,12 @@ class VAEZooCLI(LightningCLI):
         parser.add_lightning_class_args(FID, "fid")
         parser.set_defaults({"fid.num_samples": 0})
         parser.add_lightning_class_args(PredictionWriter, "predict_writer")
+        parser.add_argument(
+            "--ckpt_mismatch", type=Literal["error", "use_checkpoint"], default="error",
+            help="fit with --ckpt_path, when the checkpoint was trained with other model, data or seed settings than "
+                 "this command's: 'error' names them and stops; 'use_checkpoint' continues the run with the "
+                 "checkpoint's settings (config.yaml records them).",
+        )
 
 
 class SaveConfigAndTrack(SaveConfigCallback):
@@ -200,6 +314,8 @@ class SaveConfigAndTrack(SaveConfigCallback):
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # Lightning calls this on rank 0 only.
         folders = [_run_folder(logger) for logger in trainer.loggers] or [Path(trainer.default_root_dir)]
+        if stage == "predict":  # beside the predictions, which are what the command writes
+            folders = [cb.output_dir for cb in trainer.callbacks if isinstance(cb, PredictionWriter)] or folders
         for folder in dict.fromkeys(folders):
             folder.mkdir(parents=True, exist_ok=True)
             self.parser.save(self.config, folder / self.config_filename, skip_none=False, overwrite=True)
@@ -208,10 +324,6 @@ class SaveConfigAndTrack(SaveConfigCallback):
             config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
             for logger in wandb_loggers:
                 tracking.setup_wandb_run(logger, config)
-
-
-# Model arguments that steer one run, not the trained model: kept from the config under --ckpt_path.
-_RUN_SETTINGS = ("iw_samples", "val_iw_samples", "nonfinite", "compile")
 
 
 def _model_changes(asked: Namespace, used: Namespace) -> list[str]:
@@ -253,9 +365,24 @@ def _check_writable(trainer: Trainer) -> None:
             ) from None
 
 
-def _check_complete(path: Path) -> None:
-    """Refuse a cut-off checkpoint before the data loads: torch would fail later with a traceback about
-    a zip archive's "central directory"."""
+def _check_checkpoint_file(path: Path) -> None:
+    """Refuse a ``--ckpt_path`` that is missing, a folder, or a cut-off file, before the data loads.
+
+    torch would fail later with a traceback: "Is a directory", or a zip archive's "central directory".
+    """
+    if path.is_dir():
+        inside = sorted((p for pattern in ("*.ckpt", "checkpoints/*.ckpt", "*/checkpoints/*.ckpt") for p in path.glob(pattern)),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+        example = f" such as {inside[0]} (the newest of the {len(inside)} there)" if inside else ""
+        raise VAEZooError(
+            f"--ckpt_path {path} is a folder, not a checkpoint file. Give a .ckpt file{example}, or 'last' / 'best' "
+            "for the newest / best checkpoint of this config's runs."
+        )
+    if not path.is_file():
+        raise VAEZooError(
+            f"--ckpt_path {path} does not exist. Give the path of a .ckpt file, e.g. runs/<recipe>/version_<N>/"
+            "checkpoints/last.ckpt, or 'last' (the newest checkpoint of this config's runs) or 'best'."
+        )
     if zipfile.is_zipfile(path):  # torch's format since 1.6: the zip's directory is written last
         return
     with path.open("rb") as f:
@@ -397,11 +524,19 @@ _USER_ERROR_TYPES: tuple[type[BaseException], ...] = (MisconfigurationException,
 
 
 def _user_error(err: BaseException) -> VAEZooError | None:
-    """The VAEZooError behind ``err``: jsonargparse wraps errors raised while instantiating classes."""
+    """The VAEZooError behind ``err``: jsonargparse wraps errors raised while instantiating classes.
+
+    A ``--ckpt_path`` trained on images of another shape than the data's comes first: the net that
+    cannot be built, or the weights that do not fit, are only its symptoms.
+    """
+    if (mismatch := _checkpoint_of_other_images(err)) is not None:
+        return mismatch
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, VAEZooError):
             return err
+        if (refused := refused_arguments(err)) is not None:  # a plugin's __init__ raised ValueError
+            return refused
         if isinstance(err, pickle.UnpicklingError):  # torch.load(weights_only=True) refused an object
             reason = _ANSI.sub("", str(err).splitlines()[0])[:160]
             return VAEZooError(
@@ -414,3 +549,27 @@ def _user_error(err: BaseException) -> VAEZooError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def _checkpoint_of_other_images(err: BaseException) -> VAEZooError | None:
+    """Whether the failed run's ``--ckpt_path`` was trained on images of another shape than its data.
+
+    ``err`` came out of ``LightningCLI.__init__``: its frame in the traceback holds the CLI and the
+    parsed config, which name the checkpoint and the data class.
+    """
+    cli = next((frame.f_locals.get("self") for frame, _ in traceback.walk_tb(err.__traceback__)
+                if frame.f_code is LightningCLI.__init__.__code__), None)
+    config = getattr(cli, "config", None)
+    if not isinstance(config, Namespace) or not config.get("subcommand"):
+        return None
+    ckpt, data = config[config.subcommand].get("ckpt_path"), config[config.subcommand].get("data")
+    if not ckpt or not Path(ckpt).is_file() or not isinstance(data, Namespace) or not data.get("class_path"):
+        return None
+    try:
+        data_class = import_object(data.class_path)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    if not (inspect.isclass(data_class) and issubclass(data_class, ImageDataModule)):
+        return None
+    message = data_class.checkpoint_mismatch(ckpt)
+    return VAEZooError(message) if message else None
