@@ -69,7 +69,7 @@ def test_first_fit_with_ckpt_path_last_starts_from_scratch_and_says_so(data: Pat
     code, out, err = run_cli("fit", "--config", str(RECIPE), "--data.root", str(data), *FAST,
                              "--trainer.max_epochs", "1", "--ckpt_path", "last", capsys=capsys)
     assert code == 0, err
-    assert "vaezoo: --ckpt_path last: no checkpoint yet, training from the start" in out
+    assert "vaezoo: --ckpt_path last: no checkpoint of a run with these settings yet, training from the start" in out
 
 
 @pytest.mark.parametrize("keyword", ["last", "best"])
@@ -77,7 +77,8 @@ def test_evaluating_last_or_best_before_any_fit_is_a_clear_error(keyword: str, d
     code, _, err = run_cli("test", "--config", str(RECIPE), "--data.root", str(data), *FAST,
                            "--ckpt_path", keyword, capsys=capsys)
     assert code == 2
-    expected = {"last": "there is no checkpoint in", "best": "no best checkpoint is recorded in"}[keyword]
+    expected = {"last": "there is no checkpoint of a run with these model and data settings in",
+                "best": "no best checkpoint of a run with these model and data settings is recorded in"}[keyword]
     assert f"vaezoo: error: --ckpt_path {keyword}: {expected} runs/mnist_mlp/*/checkpoints" in err
     assert "Traceback" not in err
 

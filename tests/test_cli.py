@@ -189,7 +189,7 @@ def test_missing_checkpoint_is_named_before_anything_runs(roots, capsys) -> None
 @pytest.mark.parametrize("k", ["0", "-5"])
 def test_non_positive_importance_samples_are_refused(k: str, roots, capsys) -> None:
     code, _, err = run_cli(
-        "test", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), "--data.root", str(roots["mnist"]),
+        "fit", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), "--data.root", str(roots["mnist"]),
         "--model.iw_samples", k, capsys=capsys,
     )
     assert code == 2
@@ -198,7 +198,13 @@ def test_non_positive_importance_samples_are_refused(k: str, roots, capsys) -> N
 
 def test_test_prints_fid_with_a_pluggable_extractor(roots, capsys) -> None:
     code, out, err = run_cli(
+        "fit", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), "--data.root", str(roots["mnist"]), *SMALL,
+        "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", "--images.every_n_epochs", "0", capsys=capsys,
+    )
+    assert code == 0, err
+    code, out, err = run_cli(
         "test", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), "--data.root", str(roots["mnist"]), *SMALL,
+        "--ckpt_path", "last",
         "--model.iw_samples", "5", "--fid.num_samples", "16", "--fid.feature", "vaezoo.callbacks.fid.RandomConvFeatures",
         "--fid.feature.num_features", "8", capsys=capsys,
     )

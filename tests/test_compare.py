@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
+import os
+import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from PIL import Image
 
 from tests.network import block_network
@@ -175,6 +180,200 @@ def test_plot_writes_one_png_atomically(workdir: Path, tmp_path: Path, capsys) -
     assert list(tmp_path.iterdir()) == [target]  # no temp file left behind
     code, _, err = run_compare("runs", "--plot", str(target), "--metric", "val/nope", cwd=workdir, capsys=capsys)
     assert code == 1 and "no run logged 'val/nope'" in err and "val/elbo" in err
+
+
+# ------------------------------------------------- tests on other data or settings than the fit's
+
+Config = dict[str, Any]
+FIT = "runs/mnist_mlp/version_0"
+OTHER = "≠ test of runs/mnist_mlp/version_0 on other settings: "
+
+
+def load_config(run: Path) -> Config:
+    return yaml.safe_load((run / "config.yaml").read_text())
+
+
+def write_test_run(folder: Path, config: Config, template: Path, elbo: float, mtime: float) -> None:
+    """A `vaezoo test` run folder: ``config.yaml`` and the ``metrics.csv`` of ``template`` with ``test/elbo`` set."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    rows = [{**row, "test/elbo": str(elbo)} for row in metrics(template)]
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.utime(folder / "metrics.csv", (mtime, mtime))  # the order of tests: the latest wins
+
+
+@pytest.fixture
+def tests_of_a_fit(workdir: Path, tmp_path: Path) -> Callable[..., Path]:
+    """Copy the real fit (version_0) to tmp_path; the fixture's value writes tests of it, version_1, 2, ...
+
+    Each test is the real test run's ``config.yaml`` (version_3 of ``workdir``) edited by a function
+    ``edit(fit_config, test_config)`` (an emptied fit_config deletes the fit's file), with a
+    ``test/elbo`` of -100 - <version> and a later mtime than the tests before it.
+    """
+    fit = tmp_path / FIT
+    fit.mkdir(parents=True)
+    for name in ("config.yaml", "hparams.yaml", "metrics.csv"):
+        shutil.copy(workdir / FIT / name, fit / name)
+    real_fit, real_test = load_config(fit), workdir / "runs/mnist_mlp/version_3"
+    made: list[Path] = []
+
+    def add(edit: Callable[[Config, Config], None]) -> Path:
+        fit_config, test_config = copy.deepcopy(real_fit), load_config(real_test)
+        edit(fit_config, test_config)
+        if fit_config:
+            (fit / "config.yaml").write_text(yaml.safe_dump(fit_config, sort_keys=False))
+        else:  # the fit's config.yaml is gone: only Lightning's hparams.yaml is left
+            (fit / "config.yaml").unlink(missing_ok=True)
+        version = len(made) + 1
+        folder = tmp_path / f"runs/mnist_mlp/version_{version}"
+        write_test_run(folder, test_config, real_test, elbo=-100.0 - version, mtime=1e9 + version)
+        made.append(folder)
+        return folder
+
+    return add
+
+
+def _model(config: Config) -> Config:
+    return config["model"]["init_args"]
+
+
+def _data(config: Config) -> Config:
+    return config["data"]["init_args"]
+
+
+def _fashion(fit: Config, test: Config) -> None:
+    test["data"]["class_path"] = "vaezoo.data.mnist.FashionMNISTDataModule"
+
+
+def _drop_k(fit: Config, test: Config) -> None:
+    del _model(test)["iw_samples"]  # the default, 1000, where the fit used 10
+
+
+def _everything(fit: Config, test: Config) -> None:
+    _fashion(fit, test)
+    _model(fit)["iw_samples"], _model(test)["iw_samples"] = 1000, 10
+    test["trainer"]["limit_test_batches"] = 0.1
+
+
+OTHER_SETTINGS: dict[str, tuple[Callable[[Config, Config], None], str]] = {
+    "other data": (_fashion, "data fashion_mnist (fit: mnist)"),
+    "another k": (lambda fit, test: _model(test).update(iw_samples=100), "iw_samples 100 (fit: 10)"),
+    "k left at its default": (_drop_k, "iw_samples 1000 (fit: 10)"),
+    "nll off": (lambda fit, test: _model(test).update(iw_samples=None), "iw_samples null (fit: 10)"),
+    "a fraction of the test set": (
+        lambda fit, test: test["trainer"].update(limit_test_batches=0.25), "limit_test_batches 0.25 (partial)"
+    ),
+    "one test batch": (
+        lambda fit, test: test["trainer"].update(limit_test_batches=1), "limit_test_batches 1 (partial)"
+    ),
+    "grey levels": (lambda fit, test: _data(test).update(binarize="none"), "binarize none (fit: dynamic)"),
+    "another binarisation draw": (lambda fit, test: _data(test).update(seed=1), "seed 1 (fit: 0)"),
+    "a fit without its config.yaml": (lambda fit, test: fit.clear(), "data mnist (fit: not recorded)"),
+    "everything": (
+        _everything, "data fashion_mnist (fit: mnist); iw_samples 10 (fit: 1000); limit_test_batches 0.1 (partial)"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", OTHER_SETTINGS)
+def test_a_test_on_other_settings_keeps_its_own_row_and_names_the_differences(
+    case: str, tests_of_a_fit: Callable[..., Path], capsys
+) -> None:
+    edit, differences = OTHER_SETTINGS[case]
+    base = [tests_of_a_fit(edit) for _ in range(2)][0].parents[2]  # two such tests: neither is merged
+    code, out, err = run_compare("runs", cwd=base, capsys=capsys)
+    assert code == 0, err
+    rows = parse_table(out)
+    assert sorted(rows) == [FIT, "runs/mnist_mlp/version_1", "runs/mnist_mlp/version_2"]
+    assert rows[FIT]["test ELBO"] == "—" and rows[FIT]["note"] == ""  # the fit was never tested as it was trained
+    for version in (1, 2):
+        test = rows[f"runs/mnist_mlp/version_{version}"]
+        assert test["test ELBO"] == f"{-100.0 - version:.2f}"
+        assert test["note"].replace(" ", "") == (OTHER + differences).replace(" ", "")  # rich may wrap the note
+    assert "≠ a test on other data or evaluation settings" in out  # the caption says what the mark means
+
+
+def _registry_name(fit: Config, test: Config) -> None:
+    test["data"]["class_path"] = "mnist"  # as a hand-written config or the command line gives it
+
+
+def _defaults_left_out(fit: Config, test: Config) -> None:
+    _model(fit)["iw_samples"] = 1000
+    for key in ("binarize", "seed"):
+        del _data(test)[key]
+    del _model(test)["iw_samples"]
+    del test["trainer"]["limit_test_batches"]
+
+
+def _defaults_left_out_of_the_fit(fit: Config, test: Config) -> None:
+    del _data(fit)["binarize"], _data(fit)["seed"]
+    _model(test)["iw_samples"] = 1000
+    del _model(fit)["iw_samples"]
+
+
+def _unscored(fit: Config, test: Config) -> None:
+    _data(test).update(root="elsewhere", download=False, batch_size=3, eval_batch_size=5, val_size=7, on_device=False)
+    _model(test).update(val_iw_samples=4, compile=True)
+    test["trainer"].update(limit_test_batches=1.0, precision="64-true")
+
+
+MATCHING: dict[str, Callable[[Config, Config], None]] = {
+    "the same settings": lambda fit, test: None,
+    "a registry name for the class path": _registry_name,
+    "defaults left out of the test's config": _defaults_left_out,
+    "defaults left out of the fit's config": _defaults_left_out_of_the_fit,
+    "settings that change no test figure": _unscored,
+}
+
+
+@pytest.mark.parametrize("case", MATCHING)
+def test_a_test_on_the_fits_settings_is_merged(case: str, tests_of_a_fit: Callable[..., Path], capsys) -> None:
+    test = tests_of_a_fit(MATCHING[case])
+    code, out, err = run_compare("runs", cwd=test.parents[2], capsys=capsys)
+    assert code == 0, err
+    rows = parse_table(out)
+    assert list(rows) == [FIT]
+    assert rows[FIT]["test ELBO"] == "-101.00"
+    assert rows[FIT]["note"] == "↳ test: runs/mnist_mlp/version_1"
+
+
+def test_the_latest_matching_test_wins_over_a_later_one_on_other_data(
+    tests_of_a_fit: Callable[..., Path], capsys
+) -> None:
+    tests_of_a_fit(lambda fit, test: None)
+    tests_of_a_fit(lambda fit, test: None)
+    base = tests_of_a_fit(_fashion).parents[2]  # the latest test of all
+    code, out, err = run_compare("runs", cwd=base, capsys=capsys)
+    assert code == 0, err
+    rows = parse_table(out)
+    assert rows[FIT]["test ELBO"] == "-102.00" and rows[FIT]["note"] == "↳ test: runs/mnist_mlp/version_2"
+    assert rows["runs/mnist_mlp/version_1"]["note"] == "↳ another test of runs/mnist_mlp/version_0"
+    assert rows["runs/mnist_mlp/version_3"]["test ELBO"] == "-103.00"
+    assert rows["runs/mnist_mlp/version_3"]["note"].startswith("≠ test of runs/mnist_mlp/version_0")
+
+
+def test_vaezoo_test_on_fashion_mnist_of_an_mnist_fit_is_not_its_test_score(
+    workdir: Path, tmp_path: Path, capsys
+) -> None:
+    shutil.copytree(workdir / FIT, tmp_path / FIT, symlinks=True)  # the fit with its checkpoints
+    data = tmp_path / "data"
+    write_mnist_idx(data, n_train=64, n_test=16)
+    write_mnist_idx(data, n_train=64, n_test=16, seed=1, folder="FashionMNIST")
+    with _offline_in(tmp_path):
+        ckpt = f"{FIT}/checkpoints/last.ckpt"
+        vaezoo(["test", *_tiny_args(tmp_path, BETAS[0], "--data", "fashion_mnist"), "--ckpt_path", ckpt])
+    tested = tmp_path / "runs/mnist_mlp/version_1"
+    capsys.readouterr()  # the test's own printout (Lightning's results table) is not compare's
+    code, out, err = run_compare("runs", cwd=tmp_path, capsys=capsys)
+    assert code == 0, err
+    rows = parse_table(out)
+    assert rows[FIT]["test ELBO"] == rows[FIT]["test NLL"] == "—"
+    test = rows["runs/mnist_mlp/version_1"]
+    assert (test["dataset"], test["test ELBO"]) == ("fashion_mnist", f"{column(tested, 'test/elbo')[-1]:.2f}")
+    assert test["note"].replace(" ", "") == (OTHER + "data fashion_mnist (fit: mnist)").replace(" ", "")
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,29 @@ Each argument is a run directory, a folder searched recursively, a glob, or a ``
   (``vaezoo.tracking``); for other runs, which log only the hyperparameters and no class paths,
   variant and dataset are inferred from the hyperparameters' names and marked ``?``.
 
-``vaezoo test`` writes a new run whose ``config.yaml`` names the checkpoint it evaluated; its
-``test/*`` figures are merged into the row of the run that wrote that checkpoint, when that run is
-among those read (the latest test wins, one of the fit's own logger first; others keep rows of
-their own).
+``vaezoo test`` writes a new run whose ``config.yaml`` names the checkpoint it evaluated. Its
+``test/*`` figures are merged into the row of the run that wrote that checkpoint when that run is
+among those read and the test scored what a full test under the fit's own settings scores:
+
+- the same data: the same dataset (data ``class_path``) and the same data arguments, except those
+  that change no test figure: ``root``, ``download``, ``on_device``, ``num_workers``,
+  ``batch_size`` and ``eval_batch_size`` (the figures are means per image) and ``val_size`` (the
+  test set is the whole official one, whatever the validation split). ``binarize`` and ``seed``
+  count (the seed draws MNIST's fixed binarisation of the test images), and so does every argument
+  of a plugin's dataset;
+- the same k: the test's ``iw_samples`` (importance samples of ``test/nll``) equal to the fit's,
+  which is what the fit's recipe would test with;
+- the whole test set: the test's ``trainer.limit_test_batches`` null or 1.0 (a float); a number of
+  batches, or any other fraction, is a partial test.
+
+Both configs are compared as LightningCLI resolves them: an argument a config leaves out counts as
+its default in the class's signature, and a registry name (``mnist``) equals its class path; a
+fit without its ``config.yaml`` (``hparams.yaml`` names no dataset) matches no test. Not
+compared: precision, devices and ``seed_everything`` (the Monte Carlo draws), which move a figure
+within its noise. Among the matching tests the latest wins, one of the fit's own logger first;
+the others keep rows of their own. A test on other settings keeps its own row too, marked ``≠``,
+its note naming each difference, e.g. ``test of runs/mnist_mlp/version_0 on other settings: data
+fashion_mnist (fit: mnist); iw_samples 10 (fit: 1000); limit_test_batches 0.1 (partial)``.
 
 A run that cannot be read is named in a warning on stderr and the others still print. The exit
 status is 0 when at least one run printed, 1 when the plot could not be written, 2 when no run was
@@ -31,6 +50,7 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import importlib
 import inspect
 import io
 import json
@@ -445,6 +465,7 @@ class Row:
     run: Run
     test: Run | None = None
     note: str = ""
+    other_settings: bool = False  # a test of a fit read here, on other data or settings: marked ≠
 
     def test_value(self, key: str) -> float | None:
         value = self.test.last(key) if self.test is not None else None
@@ -458,8 +479,12 @@ def _merge_tests(runs: list[Run]) -> list[Row]:
     tests_of: dict[int, list[Run]] = {}
     for test in (run for run in runs if run.is_test):
         fit = _evaluated_run(test, fits)
+        differences = _test_differences(test, fit) if fit is not None else []
         if fit is None:
             rows[id(test)].note = f"evaluates {test.ckpt_path} (its run is not among those read)"
+        elif differences:  # not the fit's test score: a row of its own, saying why
+            rows[id(test)].note = f"test of {_shown(fit.path)} on other settings: {'; '.join(differences)}"
+            rows[id(test)].other_settings = True
         else:
             tests_of.setdefault(id(fit), []).append(test)
     for fit in fits:
@@ -490,6 +515,79 @@ def _evaluated_run(test: Run, fits: list[Run]) -> Run | None:
             if fit_dir in candidate.parents:
                 return fit
     return None
+
+
+# Data arguments that change no test figure (see the module docstring); every other one counts.
+_UNSCORED_DATA_ARGS = frozenset(
+    {"root", "download", "on_device", "num_workers", "batch_size", "eval_batch_size", "val_size"}
+)
+_UNKNOWN = object()  # a setting neither the config nor the class's signature gives
+
+
+def _test_differences(test: Run, fit: Run) -> list[str]:
+    """How ``test`` was scored otherwise than a full test of ``fit`` under the fit's settings.
+
+    Returns:
+        One ``what test-value (fit: fit-value)`` per difference, data first; empty when they match.
+    """
+    variants, _nets, datasets, _likelihoods = _registries()
+    differences = []
+    test_data, test_data_args = _settings(test, "data", datasets)
+    fit_data, fit_data_args = _settings(fit, "data", datasets)
+    if test_data != fit_data:  # a fit without its config.yaml cannot show that it used the same data
+        differences.append(f"data {test_data or 'not recorded'} (fit: {fit_data or 'not recorded'})")
+    for key in sorted((test_data_args.keys() & fit_data_args.keys()) - _UNSCORED_DATA_ARGS):
+        if test_data_args[key] != fit_data_args[key]:
+            differences.append(f"{key} {_setting(test_data_args[key])} (fit: {_setting(fit_data_args[key])})")
+    # The checkpoint fixes the model; only the k of test/nll is the test's own choice.
+    test_k, fit_k = (_settings(run, "model", variants)[1].get("iw_samples", _UNKNOWN) for run in (test, fit))
+    if _UNKNOWN not in (test_k, fit_k) and test_k != fit_k:
+        differences.append(f"iw_samples {_setting(test_k)} (fit: {_setting(fit_k)})")
+    trainer = test.config.get("trainer")
+    limit = trainer.get("limit_test_batches") if isinstance(trainer, dict) else None
+    # 1.0 is the whole set, but the int 1 is one batch (Lightning's rule).
+    if limit is not None and not (isinstance(limit, float) and limit == 1.0):
+        differences.append(f"limit_test_batches {_setting(limit)} (partial)")
+    return differences
+
+
+def _settings(run: Run, section: str, registry: Any) -> tuple[str | None, dict[str, Any]]:
+    """The registry name of a run's ``model`` or ``data`` class, and its init args with the defaults filled in.
+
+    A run with no CLI config (``hparams.yaml`` only, or a W&B run vaezoo did not log) gives no name
+    and its flat hyperparameters, so only the arguments both runs hold are compared.
+    """
+    if not run.config:
+        return None, dict(run.hparams)
+    spec = run.config.get(section)
+    spec = {"class_path": spec} if isinstance(spec, str) else spec
+    if not isinstance(spec, dict):
+        return None, {}
+    given = spec.get("init_args")
+    cls = _class_of(spec.get("class_path"), registry)
+    defaults = {} if cls is None else {
+        name: p.default for name, p in _init_parameters(cls).items() if p.default is not inspect.Parameter.empty
+    }
+    return _short_name(spec, registry), {**defaults, **(given if isinstance(given, dict) else {})}
+
+
+def _class_of(class_path: Any, registry: Any) -> type | None:
+    """The class a config's ``class_path`` names (a registry name or a dotted path), or None."""
+    if not isinstance(class_path, str):
+        return None
+    if "." not in class_path:
+        return registry.get(class_path) if class_path in registry else None
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except Exception:  # noqa: BLE001 (e.g. a plugin not installed here: compare what the configs hold)
+        return None
+    return cls if inspect.isclass(cls) else None
+
+
+def _setting(value: Any) -> str:
+    """A config value as the user writes it on the command line (``null``, ``true``, ``0.1``)."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 # ------------------------------------------------------------------------------------ columns
@@ -534,15 +632,22 @@ def _inferred_name(hparams: dict[str, Any], registry: Any) -> str | None:
 
 def _init_params(cls: type) -> set[str]:
     """Named ``__init__`` arguments of ``cls``, following ``**kwargs`` up to its bases."""
-    names: set[str] = set()
+    return set(_init_parameters(cls))
+
+
+def _init_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """Named ``__init__`` parameters of ``cls`` by name, following ``**kwargs`` up to its bases."""
+    found: dict[str, inspect.Parameter] = {}
     for klass in cls.__mro__:
         if klass is object or "__init__" not in vars(klass):
             continue
         params = inspect.signature(klass.__init__).parameters.values()
-        names |= {p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        for p in params:  # the subclass's own default wins over a base's
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                found.setdefault(p.name, p)
         if not any(p.kind is p.VAR_KEYWORD for p in params):
             break
-    return names
+    return found
 
 
 def _describe(run: Run) -> dict[str, Any]:
@@ -642,7 +747,7 @@ def _print_table(rows: list[Row], values: list[dict[str, Any]]) -> None:
     if not console.is_terminal and not os.environ.get("COLUMNS"):
         console.width = 1000  # piped to a file: no wrapping at rich's default 80 columns
     columns = [c for c in _COLUMNS if not c[3] or any(v[c[1]] is not None for v in values)]
-    caption = _caption(values)
+    caption = _caption(rows, values)
     table = _table(rows, values, columns, caption)
     if Measurement.get(console, console.options.update_width(10_000), table).maximum <= console.width:
         console.print(table)
@@ -652,12 +757,14 @@ def _print_table(rows: list[Row], values: list[dict[str, Any]]) -> None:
     console.print(_table(rows, values, columns[split:], caption))
 
 
-def _caption(values: list[dict[str, Any]]) -> str:
+def _caption(rows: list[Row], values: list[dict[str, Any]]) -> str:
     notes = ["ELBO and NLL in nats per image (ELBO: higher is better; NLL: importance-sampled, lower is better)"]
     if any(v["wall"] and v["wall"].startswith("~") for v in values):
         notes.append("~ wall time from file modification times (approximate)")
     if any(v[k] and str(v[k]).endswith("?") for v in values for k in ("variant", "dataset")):
         notes.append("? inferred from the logged hyperparameters")
+    if any(row.other_settings for row in rows):
+        notes.append("≠ a test on other data or evaluation settings than its fit: not that run's test score")
     return "\n".join(notes)
 
 
@@ -675,7 +782,9 @@ def _table(rows: list[Row], values: list[dict[str, Any]], columns: list[_Column]
         table.add_column(header, justify="right" if numeric else "left", no_wrap=numeric, overflow="fold")
     for row, value in zip(rows, values):
         name = Text(_shown(row.run.path))  # Text, not markup: paths may hold brackets
-        if row.note:
+        if row.other_settings:  # its figures sit where a reader looks for the fit's: say so loudly
+            name.append(f"\n  ≠ {row.note}", style="bold yellow")
+        elif row.note:
             name.append(f"\n  ↳ {row.note}", style="dim")
         table.add_row(name, *(Text(_cell(value[key], fmt)) for _header, key, fmt, _optional in columns))
     return table
@@ -732,7 +841,8 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Compare runs in one table: variant, net, dataset, key hyperparameters, best and final val "
             f"ELBO, test ELBO/NLL/bpd, FID, epochs and wall time. Reads {_WHAT_IS_READ}; a `vaezoo test` "
-            "run is merged into the row of the run whose checkpoint it evaluated."
+            "run is merged into the row of the run whose checkpoint it evaluated when it tested the same data "
+            "with the same iw_samples on the whole test set; else it keeps its own row, marked ≠."
         ),
     )
     parser.add_argument(
