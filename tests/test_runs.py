@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,9 +56,14 @@ def test_four_fits_started_together_each_get_their_own_folder(tmp_path: Path) ->
     root = tmp_path / "data"
     write_mnist_idx(root)
     lrs = ["0.001", "0.002", "0.003", "0.004"]
+    # Each process imports everything first, then waits for the same instant to start its fit, as a sweep's
+    # jobs do that were queued together: without an atomic claim, all of them see version_0 free.
+    start_at = time.time() + 40
+    wait_then_fit = ("import sys, time; from vaezoo.cli import main; "
+                     "time.sleep(max(0.0, float(sys.argv[1]) - time.time())); main(sys.argv[2:])")
     procs = [
-        subprocess.Popen([sys.executable, "-m", "vaezoo", *FIT, "--data.root", str(root), "--model.optimizer.lr", lr,
-                          "--trainer.max_epochs", "2"],
+        subprocess.Popen([sys.executable, "-c", wait_then_fit, str(start_at), *FIT, "--data.root", str(root),
+                          "--model.optimizer.lr", lr, "--trainer.max_epochs", "2"],
                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for lr in lrs
     ]
@@ -86,11 +92,16 @@ def test_four_fits_started_together_each_get_their_own_folder(tmp_path: Path) ->
     assert seen == {float(lr) for lr in lrs}
 
 
-def test_a_failed_fit_leaves_no_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli(*FIT, "--data.root", str(tmp_path / "nothing_here"), capsys=capsys)
-    assert code == 2 and "MNIST not found" in err
-    assert not (tmp_path / "runs" / "mnist_mlp").exists() or not any((tmp_path / "runs" / "mnist_mlp").iterdir())
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [(["--data.val_size", "64"], "leaves no training images"),  # fails in setup, before anything is written
+     (["--data.batch_size", "1000"], "is more than the 48 training images")],  # after config.yaml and hparams.yaml
+    ids=["in-setup", "after-config"],
+)
+def test_a_failed_fit_leaves_no_run_folder(args: list[str], expected: str, data: Path, capsys) -> None:  # noqa: F811
+    code, _, err = run_cli(*FIT, "--data.root", str(data), *args, capsys=capsys)
+    assert code == 2 and expected in err
+    assert not Path("runs/mnist_mlp").exists() or not any(Path("runs/mnist_mlp").iterdir())
 
 
 def test_an_explicit_version_that_holds_a_run_is_refused(data: Path, capsys) -> None:  # noqa: F811

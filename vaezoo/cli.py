@@ -29,13 +29,14 @@ from lightning import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
 import vaezoo.data  # noqa: F401 (registers the datasets)
 import vaezoo.likelihoods  # noqa: F401 (registers the likelihoods)
 import vaezoo.models  # noqa: F401 (registers the variants)
 import vaezoo.nets  # noqa: F401 (registers the nets)
-from vaezoo.callbacks import FID, ImageLogger, PredictionWriter
+from vaezoo.callbacks import FID, ImageLogger, PredictionWriter, StopOnSignal
 from vaezoo.data.base import ImageDataModule
 from vaezoo import checkpoints, runs, summary, tracking
 from vaezoo.errors import VAEZooError, refused_arguments
@@ -215,20 +216,35 @@ class VAEZooCLI(LightningCLI):
         config, so that the run's ``config.yaml`` starts a new run when it is used as ``--config``.
         """
         self._claimed: list[tuple[Namespace, Path]] = []
+        self._default_logger: Namespace | None = None
         if not runs.is_main_process():
             return
         root = str(trainer.get("default_root_dir") or ".")
+        if trainer.get("logger") is True and SLURMEnvironment.job_id() is None:
+            # Lightning's default logger, as Lightning builds it (under SLURM its version is the job id: unique).
+            cls = TensorBoardLogger if _tensorboard_available() else CSVLogger
+            trainer.logger = Namespace(class_path=f"{cls.__module__}.{cls.__qualname__}",
+                                       init_args=Namespace(save_dir=root, name="lightning_logs"))
+            self._default_logger = trainer
         for spec in _logger_specs(trainer.get("logger")):
             if not (_is_subclass(spec, CSVLogger) or _is_subclass(spec, TensorBoardLogger)):
                 continue
             args = spec.init_args
-            folder = Path(args.get("save_dir") or root) / str(args.get("name") or "lightning_logs")
+            name = args.get("name", "lightning_logs")  # "" or None: the versions lie in save_dir itself
+            folder = Path(args.get("save_dir") or root) / (str(name) if name else "")
             if args.get("version") is not None:
                 version = args.version
                 runs.check_unused(folder / (f"version_{version}" if isinstance(version, int) else str(version)),
                                   "--trainer.logger.init_args.version")
                 continue
-            args.version = runs.claim_version(folder)
+            try:
+                args.version = runs.claim_version(folder)
+            except OSError as err:
+                raise VAEZooError(
+                    f"cannot write the run's files to {folder.parent} ({err.strerror or err}). Choose a writable folder "
+                    "with --trainer.logger.init_args.save_dir, or run from a folder you can write to (runs/ is "
+                    "relative to it)."
+                ) from None
             self._claimed.append((spec, folder / f"version_{args.version}"))
 
     def instantiate_classes(self) -> None:
@@ -239,12 +255,17 @@ class VAEZooCLI(LightningCLI):
             raise
         for spec, _ in getattr(self, "_claimed", []):
             spec.init_args.version = None  # config.yaml: a new run's config, not this folder's
+        if getattr(self, "_default_logger", None) is not None:
+            self._default_logger.logger = True  # config.yaml: as the user wrote it
 
     def _run_subcommand(self, subcommand: str) -> None:
+        claimed = [folder for _, folder in getattr(self, "_claimed", [])]
         try:
             super()._run_subcommand(subcommand)
-        finally:  # a failed or empty command leaves no empty run folder behind
-            runs.release([folder for _, folder in getattr(self, "_claimed", [])])
+        except BaseException:  # a failed command leaves no run folder without results behind
+            runs.release(claimed, failed=True)
+            raise
+        runs.release(claimed)
 
     def _before_subcommand(self) -> None:
         if self.trainer.is_global_zero:  # rank 0 writes the run's files
@@ -439,16 +460,25 @@ def _on_cpu(trainer: Namespace) -> bool:
 
 
 def _default_progress_bar(trainer: Namespace) -> None:
-    """A TQDM bar redrawn every 10 batches unless the config names a bar: Lightning's default, Rich
-    redrawn every batch, costs ~2.5 ms per step in a terminal, which is a third of a small net's step."""
+    """A TQDM bar redrawn every 10 batches or every second unless the config names a bar: Lightning's
+    default, Rich redrawn every batch, costs ~2.5 ms per step in a terminal, which is a third of a small
+    net's step; the clock shows progress and an ETA early in slow loops (the test NLL)."""
     if trainer.get("enable_progress_bar") is False:
         return
     callbacks = trainer.get("callbacks") or []
     specs = callbacks if isinstance(callbacks, list) else [callbacks]
     if any(_is_subclass(spec, ProgressBar) for spec in specs):
         return
-    bar = Namespace(class_path="lightning.pytorch.callbacks.TQDMProgressBar", init_args=Namespace(refresh_rate=10))
+    bar = Namespace(class_path="vaezoo.callbacks.progress.TimedProgressBar",
+                    init_args=Namespace(refresh_rate=10, refresh_seconds=1.0))
     trainer.callbacks = [*specs, bar]
+
+
+def _tensorboard_available() -> bool:
+    """Whether Lightning's default logger is TensorBoard's (it is CSV's without tensorboard or tensorboardX)."""
+    import importlib.util
+
+    return any(importlib.util.find_spec(name) is not None for name in ("tensorboard", "tensorboardX"))
 
 
 def _run_folder(logger: Logger) -> Path:
@@ -509,6 +539,8 @@ def main(args: list[str] | None = None) -> None:
             parser_kwargs={"description": DESCRIPTION, "prog": "vaezoo"},
             parser_class=VAEZooParser,
             auto_configure_optimizers=False,  # the model takes its optimizer as an argument
+            # SIGTERM and Ctrl+C save the latest state, print this command with --ckpt_path last, exit 143 or 130.
+            trainer_defaults={"callbacks": [StopOnSignal(argv)]},
             args=args,
         )
     except Exception as err:
@@ -555,14 +587,15 @@ def _checkpoint_of_other_images(err: BaseException) -> VAEZooError | None:
     """Whether the failed run's ``--ckpt_path`` was trained on images of another shape than its data.
 
     ``err`` came out of ``LightningCLI.__init__``: its frame in the traceback holds the CLI and the
-    parsed config, which name the checkpoint and the data class.
+    parsed config, which name the checkpoint and the data class. Only errors raised once the classes
+    are built (``cli.subcommand`` is set after the checkpoint's hyperparameters are read) are checked.
     """
     cli = next((frame.f_locals.get("self") for frame, _ in traceback.walk_tb(err.__traceback__)
                 if frame.f_code is LightningCLI.__init__.__code__), None)
-    config = getattr(cli, "config", None)
-    if not isinstance(config, Namespace) or not config.get("subcommand"):
+    config, subcommand = getattr(cli, "config", None), getattr(cli, "subcommand", None)
+    if not isinstance(config, Namespace) or not subcommand:
         return None
-    ckpt, data = config[config.subcommand].get("ckpt_path"), config[config.subcommand].get("data")
+    ckpt, data = config[subcommand].get("ckpt_path"), config[subcommand].get("data")
     if not ckpt or not Path(ckpt).is_file() or not isinstance(data, Namespace) or not data.get("class_path"):
         return None
     try:

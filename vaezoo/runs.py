@@ -6,7 +6,7 @@ fits started within a second of each other both see ``version_0`` free and both 
 :func:`claim_version` takes the number with ``os.mkdir``, which the filesystem grants to exactly
 one process, and moves on to the next number when another process got there first. The CLI
 claims before it builds the logger and hands it that version; a command that then fails before
-writing anything removes the empty folder again (:func:`release`).
+writing a result removes the folder again (:func:`release`).
 
 **The same run.** ``--ckpt_path last`` and ``best`` may resume or score only a run of this recipe
 trained with the same model and data settings. :func:`settings` reduces a resolved config to the
@@ -79,11 +79,20 @@ def check_unused(folder: Path, option: str) -> None:
         )
 
 
-def release(folders: list[Path]) -> None:
-    """Remove the claimed folders that are still empty (a command that failed or wrote nothing)."""
+# What a run writes as it starts, before any result: a failed command's folder holding only these is empty.
+STARTUP_FILES = frozenset({"config.yaml", "hparams.yaml"})
+
+
+def release(folders: list[Path], failed: bool = False) -> None:
+    """Remove the claimed folders that hold no result: empty ones, and after a failure those that hold only
+    :data:`STARTUP_FILES` (the config of a run that never ran). A folder with anything else is kept whole."""
     for folder in folders:
         try:
-            folder.rmdir()  # only ever removes an empty folder: nothing is lost
+            entries = list(folder.iterdir())
+            if failed and entries and all(e.is_file() and e.name in STARTUP_FILES for e in entries):
+                for entry in entries:
+                    entry.unlink()
+            folder.rmdir()  # only ever removes an empty folder: nothing else is lost
         except OSError:
             pass
 
