@@ -8,6 +8,8 @@ FID weights in test_fid.py, NaN losses in test_faults.py, unwritable outputs in 
 from __future__ import annotations
 
 import os
+import sys
+import textwrap
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from tests.data_files import copy_real_mnist
 from tests.test_cli import REPO, SMALL, run_cli
 from vaezoo import VAE
 from vaezoo.data import MNISTDataModule
@@ -35,7 +38,8 @@ def data(tiny_mnist, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def fails(capsys: pytest.CaptureFixture, *args: str) -> str:
     """Run `vaezoo ARGS`, check it fails with one short message and no traceback; return stderr."""
     code, _, err = run_cli(*args, capsys=capsys)
-    lines = [line for line in err.splitlines() if line.strip() and "Seed set to" not in line]
+    notices = ("Seed set to", "vaezoo: the model is built as")  # information printed before the failure
+    lines = [line for line in err.splitlines() if line.strip() and not any(n in line for n in notices)]
     assert code == 2, err
     assert "Traceback" not in err and "usage:" not in err
     assert lines[0].startswith("vaezoo: error: ") and len(lines) <= 3, err
@@ -55,6 +59,58 @@ def test_invalid_yaml(data: Path, tmp_path: Path, capsys) -> None:
     bad.write_text("trainer:\n  max_epochs: [1, 2\nmodel: {}\n")
     err = fails(capsys, "fit", "--config", str(bad))
     assert "did not find expected ',' or ']'" in err and "line 2" in err
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"trainer:\n\tmax_epochs: 1\n", ", line 2, column 1: a tab character. YAML indents with spaces only"),
+        (b"", " is empty (or holds only comments): a config file is a YAML mapping of sections such as "
+              "trainer:, model:, data:"),
+        (b"# trainer: {max_epochs: 1}\n", " is empty (or holds only comments)"),
+        (b"# two recipes\n- configs/mnist_mlp.yaml\n- configs/mnist_conv.yaml\n",
+         ", line 2: the file holds a list, not a mapping: a config file is a YAML mapping of sections such as "
+         "trainer:, model:, data:"),
+        (b"max_epochs=3\n", ", line 1: the file holds a single value ('max_epochs=3'), not a mapping"),
+        ("trainer:\n  max_epochs: 1  # caf\u00e9\n".encode("latin-1"),
+         " is not UTF-8 text: line 2, column 23 holds the byte 0xe9"),
+    ],
+    ids=["tab", "empty", "only-comments", "list", "scalar", "latin-1"],
+)
+def test_config_file_that_is_not_a_yaml_mapping_is_named(content: bytes, expected: str, data: Path, tmp_path: Path,
+                                                         capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    err = fails(capsys, "fit", "--config", RECIPE, "--config", str(bad))
+    assert f"vaezoo: error: {bad}{expected}" in err
+
+
+def test_section_given_key_colon_value_says_how_to_set_it(data: Path, capsys) -> None:
+    err = fails(capsys, "fit", "--config", RECIPE, "--trainer", "max_epochs:1")
+    assert ("--trainer max_epochs:1 is not a file, and not a mapping either: YAML needs a space after the colon. "
+            "Set one option with --trainer.max_epochs 1, or give a mapping: --trainer '{max_epochs: 1}'.") in err
+
+
+def test_section_file_that_is_a_list_is_named(data: Path, tmp_path: Path, capsys) -> None:
+    trainer = tmp_path / "trainer.yaml"
+    trainer.write_text("- max_epochs: 1\n")
+    err = fails(capsys, "fit", "--config", RECIPE, "--trainer", str(trainer))
+    assert (f"{trainer}, line 1: the file holds a list, not a mapping: a config file is a YAML mapping of --trainer "
+            "options such as max_epochs: 10") in err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], "no dataset chosen: pass --data NAME (datasets: cifar10, fashion_mnist, mnist), e.g. --data mnist"),
+        (["--data.batch_size", "8"], "no dataset chosen: data settings were given (e.g. --data.root) but no dataset. "
+                                     "Choose one with --data NAME (datasets: cifar10, fashion_mnist, mnist"),
+    ],
+    ids=["nothing", "settings-only"],
+)
+def test_model_without_data_asks_for_a_dataset(args: list[str], expected: str, data: Path, capsys) -> None:
+    err = fails(capsys, "fit", "--model", "vanilla", *args)
+    assert expected in err
 
 
 @pytest.mark.parametrize(
@@ -99,6 +155,54 @@ def test_a_config_file_key_that_does_not_exist_gets_a_close_match(data: Path, tm
     ],
 )
 def test_values_out_of_range(args: list[str], expected: str, data: Path, capsys) -> None:
+    err = fails(capsys, "fit", "--config", RECIPE, "--data.root", str(data), *QUICK, *args)
+    assert expected in err
+
+
+STRICT = """
+    from torch import nn
+
+    from vaezoo import VAE, Net
+
+
+    class StrictVAE(VAE):
+        \"\"\"Checks its own argument the Python way.\"\"\"
+
+        def __init__(self, gamma: float = 1.0, **kwargs) -> None:
+            if gamma <= 0:
+                raise ValueError(f"gamma must be > 0, got {gamma}")
+            super().__init__(**kwargs)
+
+
+    class StrictNet(Net):
+        \"\"\"Checks its own argument the Python way, after the base class's.\"\"\"
+
+        def __init__(self, image_shape, latent_dim, out_channels, width: int = 64) -> None:
+            super().__init__(image_shape, latent_dim, out_channels)
+            if width % 2:
+                raise ValueError(f"width must be even, got {width}")
+            self.encoder = nn.Sequential(nn.Flatten(), nn.LazyLinear(2 * latent_dim))
+            self.decoder = nn.Sequential(nn.Linear(latent_dim, out_channels * 28 * 28), nn.Unflatten(1, (1, 28, 28)))
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--model", "vz_strict.StrictVAE", "--model.gamma", "-1"],
+         "vaezoo: error: vz_strict.StrictVAE refused its arguments: gamma must be > 0, got -1.0. Change that value "
+         "in the config or on the command line"),
+        (["--model.net", "vz_strict.StrictNet", "--model.net.width", "3"],
+         "vaezoo: error: vz_strict.StrictNet refused its arguments: width must be even, got 3. Change that value"),
+    ],
+    ids=["variant", "net"],
+)
+def test_plugin_init_raising_value_error_is_one_line(args: list[str], expected: str, data: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "vz_strict.py").write_text(textwrap.dedent(STRICT))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "vz_strict", raising=False)
     err = fails(capsys, "fit", "--config", RECIPE, "--data.root", str(data), *QUICK, *args)
     assert expected in err
 
@@ -181,10 +285,38 @@ def test_checkpoint_of_another_model_is_announced_and_run_settings_stay(trained:
 def test_checkpoint_for_other_images_is_named(trained: Path, tiny_cifar: Path, capsys) -> None:
     err = fails(capsys, "test", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), "--data", "cifar10",
                 "--data.root", str(tiny_cifar), *QUICK, "--ckpt_path", str(trained))
-    assert "the checkpoint does not fit the model of this config: image_shape (1, 28, 28) (checkpoint) vs (3, 32, 32)" in err
+    assert (f"--ckpt_path {trained} holds a model trained on 1x28x28 images (mnist), but this config's data are "
+            "3x32x32 images (cifar10)") in err
+
+
+def test_cifar_conv_checkpoint_on_mnist_names_the_datasets(data: Path, tiny_cifar: Path, capsys) -> None:
+    """The conv net of the checkpoint cannot be built for 28x28 images: the cause is the data, not the layers."""
+    cifar_conv = str(REPO / "configs" / "cifar_conv.yaml")
+    code, _, err = run_cli("fit", "--config", cifar_conv, "--data.root", str(tiny_cifar), *QUICK,
+                           "--model.net.channels", "[4, 4, 4]", "--model.latent_dim", "2", capsys=capsys)
+    assert code == 0, err
+    ckpt = Path("runs/cifar_conv/version_0/checkpoints/last.ckpt").resolve()
+    err = fails(capsys, "test", "--config", str(REPO / "configs" / "mnist_conv.yaml"), "--data.root", str(data),
+                *QUICK, "--ckpt_path", str(ckpt))
+    assert (f"vaezoo: error: --ckpt_path {ckpt} holds a model trained on 3x32x32 images (cifar10), but this config's "
+            "data are 1x28x28 images (mnist): a model runs only on images of the shape it was trained on. Run it with "
+            "--data cifar10 (or with the config.yaml of its run folder), or use a checkpoint trained on mnist.") in err
+    assert "fewer layers" not in err
 
 
 # ----- data ----------------------------------------------------------------------------------------
+
+
+def test_damaged_test_images_gz_is_blamed_not_the_train_files(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The official .gz files, t10k-images cut off: torchvision extracts the train files, then fails on it."""
+    root = copy_real_mnist(tmp_path / "data")
+    damaged = root / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    monkeypatch.chdir(tmp_path)
+    err = fails(capsys, "fit", "--config", RECIPE, "--data.root", str(root), *QUICK)
+    assert (f"MNIST files under {damaged.parent} fail torchvision's md5 check: t10k-images-idx3-ubyte.gz (cut off or "
+            "damaged), and fetching them again failed (<urlopen error network disabled in tests>). Replace them") in err
+    assert "train-" not in err
 
 
 class NaNPixels(MNISTDataModule):

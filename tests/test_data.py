@@ -290,6 +290,21 @@ def test_batch_larger_than_the_training_set_raises(tiny_mnist: TinyMNIST) -> Non
     assert len(dm.val_dataloader()) == 1  # evaluation keeps its partial batch
 
 
+def test_datamodule_that_reads_nothing_is_refused_when_built() -> None:
+    """The base class, or a subclass without _load, would raise NotImplementedError once the run started."""
+    with pytest.raises(VAEZooError, match=r"no dataset chosen: .* --data NAME \(datasets: cifar10, fashion_mnist, mnist"):
+        ImageDataModule()
+
+    class NoLoad(ImageDataModule):
+        image_shape = (1, 2, 2)
+
+        def _prepare(self) -> None:
+            pass
+
+    with pytest.raises(VAEZooError, match=r"test_data\..*NoLoad does not implement _load, so it cannot read any images"):
+        NoLoad()
+
+
 def test_dataloader_before_setup_raises() -> None:
     with pytest.raises(VAEZooError, match="setup"):
         MNISTDataModule().train_dataloader()

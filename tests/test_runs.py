@@ -4,6 +4,7 @@ of the same settings, one code path for a checkpoint however it is named, and no
 from __future__ import annotations
 
 import multiprocessing
+import os
 import subprocess
 import sys
 import time
@@ -14,11 +15,20 @@ import torch
 import yaml
 
 from tests.data_files import write_mnist_idx
-from tests.test_checkpoints import FAST, RECIPE, data  # noqa: F401 (data: the fixture)
+from tests.test_checkpoints import FAST, RECIPE
 from tests.test_cli import REPO, run_cli
 from vaezoo import runs
 
 FIT = ["fit", "--config", str(RECIPE), *FAST, "--trainer.max_epochs", "1"]
+
+
+@pytest.fixture
+def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Tiny MNIST in ``data/``; the working folder (where ``runs/`` goes) is ``work/``."""
+    write_mnist_idx(tmp_path / "data")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    return tmp_path / "data"
 
 
 def _claim_after(barrier: multiprocessing.synchronize.Barrier, root: str, queue: multiprocessing.Queue) -> None:
@@ -56,15 +66,28 @@ def test_four_fits_started_together_each_get_their_own_folder(tmp_path: Path) ->
     root = tmp_path / "data"
     write_mnist_idx(root)
     lrs = ["0.001", "0.002", "0.003", "0.004"]
+    # A logger on a slow shared filesystem (NFS under a SLURM array): choosing the next version by listing the
+    # folder takes a while, so processes that start together all see the same version free.
+    (tmp_path / "slowfs.py").write_text(
+        "import time\nfrom lightning.pytorch.loggers import CSVLogger\n\n\n"
+        "class SlowCSVLogger(CSVLogger):\n"
+        "    def _get_next_version(self):\n"
+        "        version = super()._get_next_version()\n"
+        "        time.sleep(3)\n"
+        "        return version\n"
+    )
+    logger = ["--trainer.logger", "slowfs.SlowCSVLogger", "--trainer.logger.init_args.save_dir", "runs",
+              "--trainer.logger.init_args.name", "mnist_mlp"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
     # Each process imports everything first, then waits for the same instant to start its fit, as a sweep's
-    # jobs do that were queued together: without an atomic claim, all of them see version_0 free.
+    # jobs do that were queued together.
     start_at = time.time() + 40
     wait_then_fit = ("import sys, time; from vaezoo.cli import main; "
                      "time.sleep(max(0.0, float(sys.argv[1]) - time.time())); main(sys.argv[2:])")
     procs = [
         subprocess.Popen([sys.executable, "-c", wait_then_fit, str(start_at), *FIT, "--data.root", str(root),
-                          "--model.optimizer.lr", lr, "--trainer.max_epochs", "2"],
-                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          "--model.optimizer.lr", lr, "--trainer.max_epochs", "2", *logger],
+                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for lr in lrs
     ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
@@ -98,13 +121,13 @@ def test_four_fits_started_together_each_get_their_own_folder(tmp_path: Path) ->
      (["--data.batch_size", "1000"], "is more than the 48 training images")],  # after config.yaml and hparams.yaml
     ids=["in-setup", "after-config"],
 )
-def test_a_failed_fit_leaves_no_run_folder(args: list[str], expected: str, data: Path, capsys) -> None:  # noqa: F811
+def test_a_failed_fit_leaves_no_run_folder(args: list[str], expected: str, data: Path, capsys) -> None:
     code, _, err = run_cli(*FIT, "--data.root", str(data), *args, capsys=capsys)
     assert code == 2 and expected in err
     assert not Path("runs/mnist_mlp").exists() or not any(Path("runs/mnist_mlp").iterdir())
 
 
-def test_an_explicit_version_that_holds_a_run_is_refused(data: Path, capsys) -> None:  # noqa: F811
+def test_an_explicit_version_that_holds_a_run_is_refused(data: Path, capsys) -> None:
     code, _, err = run_cli(*FIT, "--data.root", str(data), capsys=capsys)
     assert code == 0, err
     before = Path("runs/mnist_mlp/version_0/metrics.csv").read_text()
@@ -113,7 +136,7 @@ def test_an_explicit_version_that_holds_a_run_is_refused(data: Path, capsys) -> 
     assert Path("runs/mnist_mlp/version_0/metrics.csv").read_text() == before
 
 
-def test_fit_summary_says_where_everything_went_and_its_commands_work(data: Path, capsys) -> None:  # noqa: F811
+def test_fit_summary_says_where_everything_went_and_its_commands_work(data: Path, capsys) -> None:
     code, out, err = run_cli(*FIT, "--data.root", str(data), capsys=capsys)
     assert code == 0, err
     run = Path("runs/mnist_mlp/version_0")
@@ -134,7 +157,7 @@ def test_fit_summary_says_where_everything_went_and_its_commands_work(data: Path
 
 
 @pytest.mark.parametrize("subcommand", ["test", "validate", "predict"])
-def test_evaluating_without_a_checkpoint_is_refused(subcommand: str, data: Path, capsys) -> None:  # noqa: F811
+def test_evaluating_without_a_checkpoint_is_refused(subcommand: str, data: Path, capsys) -> None:
     code, out, err = run_cli(subcommand, "--config", str(RECIPE), "--data.root", str(data), *FAST, capsys=capsys)
     assert code == 2
     assert f"vaezoo: error: vaezoo {subcommand} needs a trained model, and no --ckpt_path was given" in err
@@ -142,7 +165,7 @@ def test_evaluating_without_a_checkpoint_is_refused(subcommand: str, data: Path,
     assert not Path("runs").exists() or not any(Path("runs").rglob("*.csv"))
 
 
-def test_ckpt_path_naming_a_folder_says_it_is_a_folder(data: Path, capsys) -> None:  # noqa: F811
+def test_ckpt_path_naming_a_folder_says_it_is_a_folder(data: Path, capsys) -> None:
     code, _, err = run_cli(*FIT, "--data.root", str(data), capsys=capsys)
     assert code == 0, err
     code, _, err = run_cli("test", "--config", str(RECIPE), "--data.root", str(data), *FAST,
@@ -152,7 +175,7 @@ def test_ckpt_path_naming_a_folder_says_it_is_a_folder(data: Path, capsys) -> No
     assert "such as runs/mnist_mlp/version_0/checkpoints/" in err and "does not exist" not in err
 
 
-def test_last_never_resumes_a_run_of_other_settings(data: Path, capsys) -> None:  # noqa: F811
+def test_last_never_resumes_a_run_of_other_settings(data: Path, capsys) -> None:
     code, _, err = run_cli(*FIT, "--data.root", str(data), "--model.optimizer.lr", "0.05", capsys=capsys)
     assert code == 0, err
     code, out, err = run_cli(*FIT, "--data.root", str(data), "--model.optimizer.lr", "0.001", "--ckpt_path", "last",
@@ -172,7 +195,7 @@ def test_last_never_resumes_a_run_of_other_settings(data: Path, capsys) -> None:
     assert f"vaezoo: --ckpt_path last: {(new / 'checkpoints').resolve()}" in out
 
 
-def test_recipes_sharing_one_folder_do_not_resume_each_other(data: Path, capsys) -> None:  # noqa: F811
+def test_recipes_sharing_one_folder_do_not_resume_each_other(data: Path, capsys) -> None:
     # As under W&B, where every recipe logs to <save_dir>/<project>: one folder for two recipes.
     shared = ["--trainer.logger.init_args.name", "shared"]
     code, _, err = run_cli(*FIT, "--data.root", str(data), *shared, capsys=capsys)
@@ -184,7 +207,7 @@ def test_recipes_sharing_one_folder_do_not_resume_each_other(data: Path, capsys)
     assert "model VAE (run) vs BetaVAE (this command)" in out
 
 
-def test_ckpt_path_with_other_settings_is_refused_for_fit_unless_asked(data: Path, capsys) -> None:  # noqa: F811
+def test_ckpt_path_with_other_settings_is_refused_for_fit_unless_asked(data: Path, capsys) -> None:
     code, _, err = run_cli(*FIT, "--data.root", str(data), capsys=capsys)
     assert code == 0, err
     ckpt = "runs/mnist_mlp/version_0/checkpoints/last.ckpt"
@@ -206,7 +229,7 @@ def test_ckpt_path_with_other_settings_is_refused_for_fit_unless_asked(data: Pat
     assert state["optimizer_states"][0]["param_groups"][0]["lr"] == 0.001 and state["global_step"] == 12
 
 
-def test_last_and_a_path_take_one_code_path(data: Path, capsys) -> None:  # noqa: F811
+def test_last_and_a_path_take_one_code_path(data: Path, capsys) -> None:
     code, _, err = run_cli(*FIT, "--data.root", str(data), "--model.net.hidden_dims", "[32]", capsys=capsys)
     assert code == 0, err
     evaluate = ["test", "--config", str(RECIPE), "--data.root", str(data), *FAST]
@@ -228,7 +251,7 @@ def test_last_and_a_path_take_one_code_path(data: Path, capsys) -> None:  # noqa
     assert saved["ckpt_path"].endswith("latest-epoch=0-step=6.ckpt")
 
 
-def test_predict_leaves_no_run_folder_and_writes_its_config_beside_its_files(data: Path, capsys) -> None:  # noqa: F811
+def test_predict_leaves_no_run_folder_and_writes_its_config_beside_its_files(data: Path, capsys) -> None:
     code, _, err = run_cli(*FIT, "--data.root", str(data), capsys=capsys)
     assert code == 0, err
     code, _, err = run_cli("predict", "--config", str(RECIPE), "--data.root", str(data), *FAST, "--ckpt_path", "last",

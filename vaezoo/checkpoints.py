@@ -32,7 +32,7 @@ from vaezoo import runs
 from vaezoo.errors import VAEZooError
 
 
-def _class(spec: object) -> type | None:
+def class_of(spec: object) -> type | None:
     """The class of a parsed ``class_path``/``init_args`` entry, if it imports."""
     path = spec.get("class_path") if isinstance(spec, Namespace) else None
     if not isinstance(path, str) or "." not in path:
@@ -58,7 +58,7 @@ def search_places(trainer: Namespace) -> list[str]:
     root = str(trainer.get("default_root_dir") or os.getcwd())
     callbacks = trainer.get("callbacks") or []
     specs = [s for s in (callbacks if isinstance(callbacks, list) else [callbacks])
-             if (cls := _class(s)) is not None and issubclass(cls, ModelCheckpoint)]
+             if (cls := class_of(s)) is not None and issubclass(cls, ModelCheckpoint)]
     places = [str(_init_args(s)["dirpath"]) for s in specs if _init_args(s).get("dirpath")]
     if len(places) == len(specs) and specs:
         return places
@@ -68,7 +68,7 @@ def search_places(trainer: Namespace) -> list[str]:
         return [*places, os.path.join(root, "checkpoints")]
     if logger is True:  # Lightning's default logger: <default_root_dir>/lightning_logs/version_N
         return [*places, os.path.join(root, "lightning_logs", "*", "checkpoints")]
-    cls = _class(logger)
+    cls = class_of(logger)
     if cls is None:
         return [*places, os.path.join(root, "checkpoints")]
     # Building a logger starts nothing (a W&B run starts on first use); only its save_dir and name are read.

@@ -15,7 +15,6 @@ import re
 import logging
 import sys
 import tempfile
-import traceback
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -131,6 +130,12 @@ class VAEZooCLI(LightningCLI):
             if ckpt is None:
                 return None
         _check_checkpoint_file(Path(ckpt))
+        data_class = checkpoints.class_of(config.get("data"))
+        if data_class is not None and issubclass(data_class, ImageDataModule):
+            # Before the model is built: a net for other images fails to build, or its weights fail to load,
+            # with messages about layers that are only symptoms of this.
+            if (mismatch := data_class.checkpoint_mismatch(ckpt)) is not None:
+                raise VAEZooError(mismatch)
         run_settings = checkpoints.settings_of(Path(ckpt)) or {}
         changed = runs.differences(run_settings, asked_settings)
         use_checkpoint = config.get("ckpt_mismatch") == "use_checkpoint"
@@ -558,11 +563,7 @@ _USER_ERROR_TYPES: tuple[type[BaseException], ...] = (MisconfigurationException,
 def _user_error(err: BaseException) -> VAEZooError | None:
     """The VAEZooError behind ``err``: jsonargparse wraps errors raised while instantiating classes.
 
-    A ``--ckpt_path`` trained on images of another shape than the data's comes first: the net that
-    cannot be built, or the weights that do not fit, are only its symptoms.
     """
-    if (mismatch := _checkpoint_of_other_images(err)) is not None:
-        return mismatch
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, VAEZooError):
@@ -581,28 +582,3 @@ def _user_error(err: BaseException) -> VAEZooError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
-
-
-def _checkpoint_of_other_images(err: BaseException) -> VAEZooError | None:
-    """Whether the failed run's ``--ckpt_path`` was trained on images of another shape than its data.
-
-    ``err`` came out of ``LightningCLI.__init__``: its frame in the traceback holds the CLI and the
-    parsed config, which name the checkpoint and the data class. Only errors raised once the classes
-    are built (``cli.subcommand`` is set after the checkpoint's hyperparameters are read) are checked.
-    """
-    cli = next((frame.f_locals.get("self") for frame, _ in traceback.walk_tb(err.__traceback__)
-                if frame.f_code is LightningCLI.__init__.__code__), None)
-    config, subcommand = getattr(cli, "config", None), getattr(cli, "subcommand", None)
-    if not isinstance(config, Namespace) or not subcommand:
-        return None
-    ckpt, data = config[subcommand].get("ckpt_path"), config[subcommand].get("data")
-    if not ckpt or not Path(ckpt).is_file() or not isinstance(data, Namespace) or not data.get("class_path"):
-        return None
-    try:
-        data_class = import_object(data.class_path)
-    except (ImportError, AttributeError, ValueError):
-        return None
-    if not (inspect.isclass(data_class) and issubclass(data_class, ImageDataModule)):
-        return None
-    message = data_class.checkpoint_mismatch(ckpt)
-    return VAEZooError(message) if message else None

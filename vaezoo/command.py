@@ -7,6 +7,7 @@ Every subcommand's own options come from LightningCLI: ``vaezoo fit --help``.
 
 from __future__ import annotations
 
+import os
 import sys
 from importlib import metadata
 
@@ -51,6 +52,11 @@ def main(args: list[str] | None = None) -> None:
         args: Command-line arguments; ``None`` reads ``sys.argv``.
     """
     argv = sys.argv[1:] if args is None else list(args)
+    # `python -m vaezoo` imports from the working directory, so a class path such as
+    # --model my_vaes.FreeBitsVAE finds ./my_vaes.py; the console script's sys.path[0] is its bin/
+    # folder instead. Appended, not prepended: a stray ./yaml.py or ./torch.py shadows nothing.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     if argv in ([], ["-h"], ["--help"]):
         print(HELP, end="")
         return

@@ -12,11 +12,15 @@ import difflib
 import os
 import re
 import sys
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
+import yaml
+from jsonargparse import Namespace
 from jsonargparse._util import import_object
 from lightning.pytorch.cli import LightningArgumentParser
 
+from vaezoo.errors import VAEZooError
 from vaezoo.models.hparams import init_parameters
 
 # Lines of jsonargparse's messages that describe its attempts, not the problem.
@@ -27,6 +31,58 @@ _NOISE = re.compile(
 _CLASS_PATH = re.compile(r"class_path[ =]'([\w.]+)'")
 _OPTION = re.compile(r"Option '([\w.]+)' is not accepted")
 _SUBCOMMAND_OPTION = re.compile(r"does not accept option '([\w.]+)'")
+_SECTION_CONFIG = re.compile(r"Parser key \"([\w.]+)\":\s*Unable to load config '(.*?)'\n")
+_REQUIRED = re.compile(r"the following arguments are required: ([\w., ]+)$")
+# What a config file's mapping holds, for the whole config and for the sections given a file of their own.
+_EXPECTED_KEYS = {
+    None: "sections such as trainer:, model:, data: (as in configs/mnist_mlp.yaml)",
+    "trainer": "--trainer options such as max_epochs: 10",
+    "model": "class_path: NAME and init_args: {...}",
+    "data": "class_path: NAME and init_args: {...}",
+}
+
+
+def config_file_problem(path: Path, section: str | None = None) -> str | None:
+    """What keeps ``path`` from being a config file: not UTF-8, not YAML, or not a mapping; None if it is one.
+
+    Args:
+        path: The file.
+        section: The option it was given to (``trainer`` for ``--trainer FILE``); None for ``--config``.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    expected = f"a config file is a YAML mapping of {_EXPECTED_KEYS.get(section, f'--{section} options')}"
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # what jsonargparse's loader builds on
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - raw.rfind(b"\n", 0, err.start)
+        return (
+            f"{path} is not UTF-8 text: line {line}, column {column} holds the byte 0x{raw[err.start]:02x} (saved "
+            f"as Latin-1 or Windows-1252?). Save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8.yaml`."
+        )
+    try:
+        content = yaml.load(text, Loader=loader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        if mark is None:
+            return f"{path} is not valid YAML: {' '.join(str(err).split())}."
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}"
+        lines = text.splitlines()
+        if mark.line < len(lines) and lines[mark.line][mark.column : mark.column + 1] == "\t":
+            return f"{where}: a tab character. YAML indents with spaces only: replace the tab with spaces."
+        context = f" ({err.context} started on line {err.context_mark.line + 1})" if err.context_mark else ""
+        return f"{where}: {err.problem}{context}. Fix the YAML syntax there."
+    if content is None:
+        return f"{path} is empty (or holds only comments): {expected}."
+    if isinstance(content, dict):
+        return None
+    kind = "a list" if isinstance(content, list) else f"a single value ({str(content)[:40]!r})"
+    node = yaml.compose(text, Loader=loader)
+    return f"{path}, line {node.start_mark.line + 1}: the file holds {kind}, not a mapping: {expected}."
 
 
 def close_match(name: str, known: list[str]) -> str:
@@ -41,6 +97,10 @@ def explain(message: str, parser: LightningArgumentParser | None = None) -> str:
     text = " ".join(lines)
     text = re.sub(r'Parser key "([\w.]+)": ', r"--\1: ", text)
     text = re.sub(r"Problem with given class_path '([\w.]+)': ", r"(\1) ", text)
+    if match := _SECTION_CONFIG.search(message):
+        return _section_config(*match.groups())
+    if (match := _REQUIRED.search(message.strip())) and (missing := _missing_sections(match[1])):
+        return " ".join(_required(section) for section in missing)
     hint = ""
     if match := _OPTION.search(message):
         for path in reversed(_CLASS_PATH.findall(message)):  # the innermost class first (--model.net.x)
@@ -57,6 +117,38 @@ def explain(message: str, parser: LightningArgumentParser | None = None) -> str:
     return text.rstrip(".") + "." + hint
 
 
+def _section_config(section: str, value: str) -> str:
+    """Why ``--SECTION VALUE`` is neither a config file nor a mapping, and what it takes."""
+    path = Path(value)
+    if path.is_file():
+        return config_file_problem(path, section) or f"--{section} {value}: the file could not be loaded."
+    takes = f"--{section} takes a YAML file or a mapping such as '{{key: value}}'"
+    if match := re.fullmatch(r"(\w+):(\S.*)", value):  # max_epochs:1, for max_epochs: 1
+        key, setting = match.groups()
+        return (
+            f"--{section} {value} is not a file, and not a mapping either: YAML needs a space after the colon. "
+            f"Set one option with --{section}.{key} {setting}, or give a mapping: --{section} '{{{key}: {setting}}}'."
+        )
+    return f"--{section} {value}: no such file. {takes}; or set one option with --{section}.KEY VALUE."
+
+
+def _missing_sections(names: str) -> list[str]:
+    """``model``/``data`` of jsonargparse's "required: fit.model, fit.data"; empty if anything else is missing."""
+    sections = [name.strip().rpartition(".")[2] for name in names.split(",")]
+    return sections if set(sections) <= {"model", "data"} else []
+
+
+def _required(section: str) -> str:
+    """What to pass when the config names no ``model`` or no ``data``."""
+    from vaezoo.registry import DATASETS, VARIANTS
+
+    registry, example = (DATASETS, "mnist") if section == "data" else (VARIANTS, "vanilla")
+    return (
+        f"no {registry.kind} chosen: pass --{section} NAME ({registry.kind}s: {', '.join(registry.names())}), "
+        f"e.g. --{section} {example}, or a --config whose {section}: section names one (configs/mnist_mlp.yaml)."
+    )
+
+
 def _owners(option: str) -> str:
     """`` It is an option of ...`` naming the registered classes that take ``option``."""
     from vaezoo.registry import REGISTRIES
@@ -68,6 +160,19 @@ def _owners(option: str) -> str:
 
 class VAEZooParser(LightningArgumentParser):
     """LightningCLI's parser, with :func:`explain`'s short messages on a bad option or config."""
+
+    def parse_path(self, path: str | os.PathLike, *args: Any, **kwargs: Any) -> Namespace:
+        """Parse a ``--config`` file; one that is not UTF-8, not YAML or not a mapping is named with its line.
+
+        jsonargparse answers a Latin-1 file with a UnicodeDecodeError traceback, a YAML error without
+        the file's name, and a list, a scalar or an empty file with "Unexpected config" and its content.
+        The file is checked first (configs are small); a mapping goes on to jsonargparse, whose errors
+        about its keys and values :meth:`error` shortens.
+        """
+        problem = config_file_problem(Path(path))
+        if problem is not None:
+            raise VAEZooError(problem)
+        return super().parse_path(path, *args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):

@@ -138,7 +138,8 @@ class Registry:
     def load_plugins(self) -> None:
         """Import every entry point of ``self.group`` once.
 
-        A plugin that fails to import (or registers a name already taken) is skipped with a warning
+        A plugin that fails to import (an exception, or ``sys.exit`` at import), names something
+        other than a class or a module, or registers a name already taken is skipped with a warning
         naming it; everything else keeps working.
         """
         if self._plugins_loaded:
@@ -147,17 +148,26 @@ class Registry:
         for ep in importlib.metadata.entry_points(group=self.group):
             dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
             source = f"plugin {dist} ({self.group}: {ep.name})"
+            skipped = f"vaezoo {self.kind} plugin {ep.name!r} ({ep.value}, from {dist})"
             token = _loading_source.set(source)
             try:
                 obj = ep.load()  # importing runs the plugin's own decorators, if it has any
-                if inspect.isclass(obj) and not any(e.cls is obj for e in self._entries.values()):
-                    self.add(ep.name, obj, source)  # a bare class: register it under the entry-point name
-            except Exception as err:  # one broken plugin must not take the CLI down
-                warnings.warn(
-                    f"vaezoo {self.kind} plugin {ep.name!r} ({ep.value}, from {dist}) failed to load and is "
-                    f"skipped: {type(err).__name__}: {err}",
-                    stacklevel=2,
-                )
+                if inspect.isclass(obj):
+                    if not any(e.cls is obj for e in self._entries.values()):
+                        self.add(ep.name, obj, source)  # a bare class: register it under the entry-point name
+                elif not inspect.ismodule(obj):  # a function or a constant: nothing vaezoo could build
+                    warnings.warn(
+                        f"{skipped} names an object of type {type(obj).__name__}, not a class or a module, and is "
+                        "skipped. Point the entry point at a class ('module:MyClass') or at a module whose import "
+                        "registers classes ('module').",
+                        stacklevel=2,
+                    )
+            # SystemExit too: a plugin that calls sys.exit() at import would end `vaezoo` silently.
+            except (Exception, SystemExit) as err:  # one broken plugin must not take the CLI down
+                reason = f"{type(err).__name__}: {err}"
+                if isinstance(err, SystemExit):
+                    reason = f"it called sys.exit({err.code!r}) when imported"
+                warnings.warn(f"{skipped} failed to load and is skipped: {reason}", stacklevel=2)
             finally:
                 _loading_source.reset(token)
 

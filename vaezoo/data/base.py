@@ -5,6 +5,7 @@ to the device as uint8 (4x less to copy than float32) and become float32 in [0, 
 :meth:`ImageDataModule.on_after_batch_transfer`.
 """
 
+import os
 from typing import Any, Literal
 
 import lightning
@@ -13,8 +14,27 @@ from torch import Tensor
 
 from vaezoo.data.loader import EpochBatchSampler, TensorBatchLoader
 from vaezoo.errors import VAEZooError
+from vaezoo.registry import DATASETS, registered_name
 
 Split = Literal["train", "val", "test"]
+
+
+def _check_implemented(cls: type["ImageDataModule"]) -> None:
+    """Refuse a DataModule that cannot read any files: the base class itself, or a subclass missing
+    ``_prepare`` or ``_load`` (they would raise NotImplementedError once the run has started)."""
+    missing = [m for m in ("_prepare", "_load") if getattr(cls, m) is getattr(ImageDataModule, m)]
+    if not missing:
+        return
+    choose = (
+        f"Choose one with --data NAME (datasets: {', '.join(DATASETS.names())}; e.g. --data mnist), or with "
+        "`class_path: NAME` under `data:` in the config"
+    )
+    if cls is ImageDataModule:
+        raise VAEZooError(f"no dataset chosen: data settings were given (e.g. --data.root) but no dataset. {choose}.")
+    raise VAEZooError(
+        f"{cls.__module__}.{cls.__qualname__} does not implement {' and '.join(missing)}, so it cannot read any "
+        f"images: implement them (see vaezoo.data.ImageDataModule), or use a registered dataset. {choose}."
+    )
 
 
 class ImageDataModule(lightning.LightningDataModule):
@@ -59,6 +79,7 @@ class ImageDataModule(lightning.LightningDataModule):
                 from the host. No effect on the CPU; false keeps the splits in host memory.
         """
         super().__init__()
+        _check_implemented(type(self))
         if batch_size <= 0:
             raise VAEZooError(f"batch_size must be a positive number of images, got {batch_size}: pass e.g. 128.")
         if eval_batch_size is not None and eval_batch_size <= 0:
@@ -74,6 +95,33 @@ class ImageDataModule(lightning.LightningDataModule):
         # Positions in the official training set: saved so a run's split can be checked later.
         self.train_indices: Tensor | None = None
         self.val_indices: Tensor | None = None
+
+    @classmethod
+    def checkpoint_mismatch(cls, path: str | os.PathLike) -> str | None:
+        """Why the checkpoint at ``path`` cannot run on this dataset's images, or None if it can.
+
+        A model is built for one image shape (its ``image_shape`` hyperparameter). Run on images of
+        another shape, its net fails to build or its weights fail to load, with messages about layers;
+        this one names both datasets instead.
+        """
+        try:  # mmap: only the hyperparameters are read, not the weights
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 (an unreadable checkpoint is reported where it is loaded)
+            return None
+        saved = (checkpoint.get("hyper_parameters") or {}).get("image_shape")
+        if saved is None or tuple(saved) == tuple(cls.image_shape):
+            return None
+        data = checkpoint.get("datamodule_hyper_parameters") or {}
+        trained_on = registered_name(data.get("_class_path"), [DATASETS])
+        name = next((e.name for e in DATASETS if e.cls is cls), cls.__name__)
+        images = f"{'x'.join(map(str, saved))} images" + (f" ({trained_on})" if trained_on else "")
+        run_on = f"--data {trained_on}" if trained_on in DATASETS else "the data it was trained on"
+        return (
+            f"--ckpt_path {path} holds a model trained on {images}, but this config's data are "
+            f"{'x'.join(map(str, cls.image_shape))} images ({name}): a model runs only on images of the shape it "
+            f"was trained on. Run it with {run_on} (or with the config.yaml of its run folder), or use a "
+            f"checkpoint trained on {name}."
+        )
 
     def _prepare(self) -> None:
         """Make the files available under ``root`` (download or check); runs on one process."""

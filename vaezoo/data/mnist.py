@@ -78,6 +78,11 @@ class MNISTDataModule(ImageDataModule):
     def _raw(self) -> Path:
         return Path(self.hparams.root) / self.dataset_cls.__name__ / "raw"
 
+    @property
+    def _extracted(self) -> list[Path]:
+        """The four IDX files torchvision reads (the .gz names without .gz)."""
+        return [self._raw / Path(name).stem for name, _ in self.dataset_cls.resources]
+
     def _prepare(self) -> None:
         for train in (True, False):
             self._open(train, download=self.hparams.download)
@@ -93,7 +98,9 @@ class MNISTDataModule(ImageDataModule):
         try:
             dataset = self.dataset_cls(self.hparams.root, train=train, download=download)
         except _READ_ERRORS as err:
-            if images_file.is_file() and labels_file.is_file():
+            # torchvision wants all four extracted files whichever split it reads, and extracts all
+            # four .gz when downloading: this split's files are to blame only when all four are there.
+            if all(path.is_file() for path in self._extracted):
                 raise self._corrupt(images_file, labels_file, err) from err
             raise self._missing(err, download) from None  # a urllib traceback helps nobody
         if dataset.data.shape[1:] != (28, 28):
@@ -129,11 +136,11 @@ class MNISTDataModule(ImageDataModule):
             f"or pass --data.root to a folder holding {title}/raw/."
         )
         if not download:
-            extracted = ", ".join(Path(name).stem for name, _ in self.dataset_cls.resources)
+            absent = ", ".join(path.name for path in self._extracted if not path.is_file())
             return VAEZooError(
-                f"{title} not found under {raw}: with download off, torchvision reads only the extracted files "
-                f"({extracted}). {where} With the .gz files there, pass --data.download true: torchvision "
-                "checks their md5 and extracts them, fetching nothing."
+                f"{title} not found under {raw}: with download off, torchvision reads only the extracted files, "
+                f"and {absent} {'is' if ',' not in absent else 'are'} not there. {where} With the .gz files there, "
+                "pass --data.download true: torchvision checks their md5 and extracts them, fetching nothing."
             )
         unwritable = (errno.EACCES, errno.EPERM, errno.EROFS)
         if isinstance(err, OSError) and not isinstance(err, URLError) and err.errno in unwritable:
@@ -143,10 +150,13 @@ class MNISTDataModule(ImageDataModule):
             )
         resources = self.dataset_cls.resources
         bad = [name for name, md5 in resources if (raw / name).is_file() and not check_integrity(raw / name, md5)]
-        damaged = f" These files are there but fail torchvision's md5 check: {', '.join(bad)}." if bad else ""
-        return VAEZooError(
-            f"{title} not found under {raw}, and downloading it failed ({error_reason(err)}).{damaged} {where}"
-        )
+        if bad:  # the damaged file, not the split being read when torchvision tried to fetch it again
+            return VAEZooError(
+                f"{title} files under {raw} fail torchvision's md5 check: {', '.join(bad)} (cut off or damaged), and "
+                f"fetching them again failed ({error_reason(err)}). Replace them with the official files from "
+                f"{self.dataset_cls.mirrors[0]}, or delete them and run again where the network is reachable."
+            )
+        return VAEZooError(f"{title} not found under {raw}, and downloading it failed ({error_reason(err)}). {where}")
 
     def _finalize(self, images: Tensor, split: Split) -> Tensor:
         mode = self.hparams.binarize
