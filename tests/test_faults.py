@@ -1,51 +1,140 @@
-"""Faults during training: a non-finite loss stops with the step and the term, or is skipped on request."""
+"""Faults during training: a non-finite loss stops with the step and the term, or is skipped on request.
+
+What is checked besides: ``skip`` stops as ``stop`` does once more than ``max_skipped_fraction`` of
+an epoch's batches are skipped; no checkpoint is written while the metric a ModelCheckpoint monitors
+is NaN; and every message says what is true of the run's checkpoints (the newest, or none yet).
+"""
 
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
+from tests.test_cli import REPO, run_cli
 from vaezoo import VAE
 from vaezoo.data import MNISTDataModule
 from vaezoo.errors import VAEZooError
 
 
 class PoisonedVAE(VAE):
-    """Turns the KL of the training batch at ``poison_step`` into NaN."""
+    """Turns the KL into NaN for training batch number ``poison_step`` (counted from 0 over the fit: the
+    global step), or for every training batch from there on.
 
-    def __init__(self, poison_step: int, **kwargs) -> None:
+    Args:
+        poison_step: The first poisoned training batch; -1: none.
+        poison_every: Poison every training batch from ``poison_step`` on, not only that one.
+        poison_eval: Poison every validation and test batch too.
+    """
+
+    def __init__(self, poison_step: int = -1, poison_every: bool = False, poison_eval: bool = False,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.poison_step = poison_step
+        self.poison_every = poison_every
+        self.poison_eval = poison_eval
+        self.train_batches = 0
 
     def forward(self, x: torch.Tensor):
         out = super().forward(x)
-        if self.training and self.global_step == self.poison_step:
+        if self.training:
+            n, self.train_batches = self.train_batches, self.train_batches + 1
+            poisoned = 0 <= self.poison_step == n or (self.poison_every and 0 <= self.poison_step <= n)
+        else:
+            poisoned = self.poison_eval
+        if poisoned:
             out.kl_per_dim = out.kl_per_dim * float("nan")
         return out
 
 
-def _trainer(tmp_path: Path) -> L.Trainer:
-    return L.Trainer(max_epochs=1, limit_train_batches=6, limit_val_batches=1, logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+def _trainer(tmp_path: Path, **kwargs) -> L.Trainer:
+    settings = dict(max_epochs=1, limit_train_batches=6, limit_val_batches=1, logger=False, enable_progress_bar=False,
+                    enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    return L.Trainer(**{**settings, **kwargs})
+
+
+def _dm(tiny_mnist) -> MNISTDataModule:
+    return MNISTDataModule(root=str(tiny_mnist[0]), val_size=16, batch_size=8)  # 6 training batches per epoch
 
 
 def test_nan_loss_stops_naming_the_step_and_the_term(tiny_mnist, tmp_path: Path) -> None:
     model = PoisonedVAE(poison_step=3, latent_dim=4, iw_samples=None)
-    dm = MNISTDataModule(root=str(tiny_mnist[0]), val_size=16, batch_size=8)
     with pytest.raises(VAEZooError, match=r"became nan at step 3 \(epoch 0\): kl went non-finite.*--model.nonfinite skip"):
-        _trainer(tmp_path).fit(model, dm)
+        _trainer(tmp_path).fit(model, _dm(tiny_mnist))
     assert all(torch.isfinite(p).all() for p in model.parameters())  # stopped before the update
 
 
+def test_the_stop_message_says_that_no_checkpoint_exists_yet(tiny_mnist, tmp_path: Path) -> None:
+    """It used to say "the last checkpoint holds finite weights" before any checkpoint was written."""
+    folder = tmp_path / "ckpt"
+    trainer = _trainer(tmp_path, enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath=folder)])  # epoch ends
+    with pytest.raises(VAEZooError) as err:
+        trainer.fit(PoisonedVAE(poison_step=3, latent_dim=4, iw_samples=None), _dm(tiny_mnist))
+    message = str(err.value)
+    assert f"No checkpoint has been written in {folder} yet" in message
+    assert "holds finite weights" not in message
+    assert not list(folder.glob("*.ckpt"))
+
+
+def test_the_stop_message_names_the_newest_checkpoint(tiny_mnist, tmp_path: Path) -> None:
+    from vaezoo.callbacks import LatestCheckpoint
+
+    folder = tmp_path / "ckpt"
+    trainer = _trainer(tmp_path, enable_checkpointing=True,
+                       callbacks=[LatestCheckpoint(every_n_train_steps=2, dirpath=str(folder))])
+    with pytest.raises(VAEZooError) as err:
+        trainer.fit(PoisonedVAE(poison_step=3, latent_dim=4, iw_samples=None), _dm(tiny_mnist))
+    newest = (folder / "latest-epoch=0-step=2.ckpt").resolve()
+    assert f"The newest checkpoint, {newest}, was written before this and holds finite weights" in str(err.value)
+    assert torch.load(newest, weights_only=True)["global_step"] == 2
+
+
 def test_nan_batches_can_be_skipped_and_are_counted(tiny_mnist, tmp_path: Path) -> None:
-    model = PoisonedVAE(poison_step=2, latent_dim=4, iw_samples=None, nonfinite="skip")
-    dm = MNISTDataModule(root=str(tiny_mnist[0]), val_size=16, batch_size=8)
+    # One batch of 6: within a max_skipped_fraction of 0.2 (1.2 batches), not within the default 0.1.
+    model = PoisonedVAE(poison_step=2, latent_dim=4, iw_samples=None, nonfinite="skip", max_skipped_fraction=0.2)
     trainer = _trainer(tmp_path)
-    trainer.fit(model, dm)
-    assert model.nonfinite_guard.skipped >= 1
-    assert trainer.callback_metrics["train/skipped_batches"] >= 1
+    trainer.fit(model, _dm(tiny_mnist))
+    assert model.nonfinite_guard.skipped == 1
+    assert trainer.callback_metrics["train/skipped_batches"] == 1
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_skipping_more_than_the_fraction_stops_as_stop_does(tiny_mnist, tmp_path: Path, capsys) -> None:
+    """`skip` with every batch non-finite used to end with exit 0, a NaN val/elbo and a "best"
+    checkpoint scored -inf (mnist_mlp's ModelCheckpoint monitors val/elbo)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(run)
+        code, _, err = run_cli(
+            "fit", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), "--data.root", str(tiny_mnist[0]),
+            "--data.val_size", "16", "--data.batch_size", "8", "--trainer.max_epochs", "2", "--model.iw_samples", "4",
+            "--model", "tests.test_faults.PoisonedVAE", "--model.poison_step", "0", "--model.poison_every", "true",
+            "--model.nonfinite", "skip", "--model.max_skipped_fraction", "0.3", "--images.every_n_epochs", "0",
+            capsys=capsys,
+        )
+    assert code == 2, err
+    (line,) = [line for line in err.splitlines() if line.startswith("vaezoo: error:")]
+    # 0.3 of 6 batches allows 1; the second stops the run, before any checkpoint.
+    assert line.startswith("vaezoo: error: 2 of the 2 training batches of epoch 0 so far had a non-finite loss and "
+                           "were skipped, more than --model.max_skipped_fraction 0.3 of the epoch's 6 allows. The last "
+                           "one: the training loss became nan at step 1 (epoch 0): kl went non-finite."), line
+    assert "No checkpoint has been written in" in line and "--model.max_skipped_fraction (1: never stop)" in line
+    assert not list(run.rglob("*.ckpt"))
+
+
+def test_no_checkpoint_is_written_while_the_monitored_metric_is_nan(tiny_mnist, tmp_path: Path) -> None:
+    """Lightning's ModelCheckpoint scores a NaN val/elbo as -inf and keeps the first one as the best."""
+    folder = tmp_path / "ckpt"
+    best = ModelCheckpoint(dirpath=folder, monitor="val/elbo", mode="max", filename="best-{epoch}-{step}")
+    trainer = _trainer(tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[best])
+    model = PoisonedVAE(poison_eval=True, latent_dim=4, iw_samples=None)  # training stays finite
+    with pytest.raises(VAEZooError, match=r"^val/elbo became nan at step 6 \(epoch 0\), so training stopped before "
+                                          r"the checkpoint that monitors it: Lightning would keep that model as the "
+                                          r"best, scored -inf. No checkpoint has been written"):
+        trainer.fit(model, _dm(tiny_mnist))
+    assert not list(folder.glob("*.ckpt"))
 
 
 @pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
@@ -92,13 +181,16 @@ def test_deferred_check_stops_before_any_checkpoint_after_the_bad_step(tiny_mnis
     monkeypatch.setattr(nonfinite, "sync_is_free", lambda device: False)  # the CPU standing in for a GPU
     original = nonfinite.NonFiniteGuard.check
     monkeypatch.setattr(nonfinite.NonFiniteGuard, "check",
-                        lambda self, step, reduce=None: (reads.append(step), original(self, step, reduce))[1])
+                        lambda self, step, *args: (reads.append(step), original(self, step, *args))[1])
     model = PoisonedVAE(poison_step=3, latent_dim=4, iw_samples=None)
     dm = MNISTDataModule(root=str(tiny_mnist[0]), val_size=16, batch_size=8)  # 6 steps per epoch
     trainer = L.Trainer(max_epochs=2, limit_val_batches=0, logger=False, enable_progress_bar=False, log_every_n_steps=50,
                         enable_model_summary=False, default_root_dir=tmp_path,
                         callbacks=[LatestCheckpoint(every_n_train_steps=2, dirpath=str(tmp_path / "ckpt"))])
-    with pytest.raises(VAEZooError, match=r"became nan at step 3 \(epoch 0\): kl went non-finite. Found at step 4"):
+    expected = r"became nan at step 3 \(epoch 0\): kl went non-finite. Found at step 4"
+    with pytest.raises(VAEZooError, match=expected) as err:
         trainer.fit(model, dm)
     assert reads == [2, 4]  # read at the checkpoints only (no logging step yet), not every step
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["last.ckpt", "latest-epoch=0-step=2.ckpt"]
+    # The callback had already recorded the step-4 file it was about to write: the message names the real one.
+    assert f"The newest checkpoint, {(tmp_path / 'ckpt' / 'latest-epoch=0-step=2.ckpt').resolve()}," in str(err.value)

@@ -1,19 +1,28 @@
-"""The latest training state, every N steps and at every epoch's end: what ``--ckpt_path last`` resumes."""
+"""The latest training state, every N steps, at every epoch's end and when a signal stops training:
+what ``--ckpt_path last`` resumes.
+
+Lightning has no public "save now" for a ModelCheckpoint. :meth:`LatestCheckpoint.save_now` calls the
+three private methods that ``ModelCheckpoint.on_train_batch_end`` itself calls (``_monitor_candidates``,
+``_save_topk_checkpoint``, ``_save_last_checkpoint``), and ``__init__`` sets the private
+``_every_n_epochs``. Checked against Lightning 2.6.6; ``tests/test_signals.py`` fails if they change.
+"""
 
 from __future__ import annotations
 
+from lightning import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 class LatestCheckpoint(ModelCheckpoint):
     """Keeps one checkpoint of the latest state, linked as ``last.ckpt``, written every N training
-    steps and at the end of every epoch.
+    steps, at the end of every epoch, and when SIGTERM or Ctrl+C stops training
+    (:class:`vaezoo.callbacks.StopOnSignal`).
 
     Lightning's ``ModelCheckpoint`` takes one trigger (steps or epochs), and with ``save_last`` and a
     monitored metric writes ``last.ckpt`` only when the metric improves. A run killed mid-epoch then
     resumes from wherever the metric last improved. This one saves on both triggers, keeps only the
     newest file (``latest-epoch=E-step=S.ckpt``) and links ``last.ckpt`` to it, so a crash loses at
-    most ``every_n_train_steps`` steps.
+    most ``every_n_train_steps`` steps, and a stop by a signal none.
 
     Args:
         every_n_train_steps: Save every this many optimiser steps (0: only at epoch ends).
@@ -35,3 +44,16 @@ class LatestCheckpoint(ModelCheckpoint):
         # ModelCheckpoint refuses both triggers in its arguments, but its hooks honour both: the epoch
         # trigger is set after its check. tests/test_resume.py checks that both fire.
         self._every_n_epochs = 1
+
+    def save_now(self, trainer: Trainer) -> str:
+        """Write the latest state now, whatever the triggers say, and link ``last.ckpt`` to it; returns its path.
+
+        Call it on every process, at a point where all are (it holds collectives); rank 0 writes. Meant for
+        the end of a training step, where the step and epoch triggers save too, so that the file resumes
+        exactly as theirs do. Nothing is written when this step's state is already saved.
+        """
+        if self._last_global_step_saved != trainer.global_step or not self.best_model_path:
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)  # no monitor: the newest replaces the previous
+            self._save_last_checkpoint(trainer, candidates)  # last.ckpt -> it
+        return self.best_model_path

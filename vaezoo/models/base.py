@@ -52,7 +52,9 @@ from torchmetrics.image import PeakSignalNoiseRatio
 
 from vaezoo.errors import VAEZooError
 from vaezoo.models import hparams
+from vaezoo.models import importance
 from vaezoo.models import running_sums
+from vaezoo.models import nonfinite
 from vaezoo.models.nonfinite import NonFiniteGuard
 from vaezoo.models.running_sums import RunningSums
 from vaezoo.likelihoods import Bernoulli, Likelihood
@@ -62,7 +64,6 @@ from vaezoo.nets.mlp import MLPNet
 from vaezoo.registry import register_variant
 
 _EVAL_STAGES = ("val", "test")
-_IW_IMAGES_PER_CHUNK = 8192  # decoder inputs per chunk of importance samples: bounds memory
 
 
 @dataclass
@@ -141,7 +142,11 @@ class VAE(L.LightningModule):
             that went non-finite; no checkpoint is written after it, so the last one holds finite weights;
             on a GPU the check is read when metrics are logged, not every step), ``skip`` (the batch is
             skipped, counted in ``train/skipped_batches``; reads one number from the device per step) or
-            ``off`` (no check).
+            ``off`` (no check). With ``stop`` and ``skip``, a NaN or Inf metric that a ModelCheckpoint
+            monitors (``val/elbo``) also stops the run, before that checkpoint is written.
+        max_skipped_fraction: With ``nonfinite: skip``, the largest fraction of an epoch's training
+            batches that may be skipped (0.1: 50 of 500); one more stops the run with ``stop``'s error,
+            since a run whose every batch is non-finite trains nothing. 1 never stops.
         compile: Compile the net with ``torch.compile`` when training starts (opt-in: compiling costs
             tens of seconds up front and pays off on long runs, mostly on GPUs).
         optimizer: The optimiser, e.g. ``{class_path: torch.optim.Adam, init_args: {lr: 0.001}}``.
@@ -157,6 +162,7 @@ class VAE(L.LightningModule):
         iw_samples: int | None = 1000,
         val_iw_samples: int | None = None,
         nonfinite: Literal["stop", "skip", "off"] = "stop",
+        max_skipped_fraction: float = 0.1,
         compile: bool = False,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -182,7 +188,10 @@ class VAE(L.LightningModule):
         self.iw_samples = {"val": val_iw_samples, "test": iw_samples}
         self.compile_net = compile
         self.nonfinite = nonfinite
-        self.nonfinite_guard = NonFiniteGuard(nonfinite)
+        if not 0 <= max_skipped_fraction <= 1:
+            raise VAEZooError(f"max_skipped_fraction must lie in [0, 1] (a fraction of an epoch's batches), got "
+                              f"{max_skipped_fraction}; e.g. --model.max_skipped_fraction 0.1.")
+        self.nonfinite_guard = NonFiniteGuard(nonfinite, max_skipped_fraction)
         # The terms every step computes (see _step); evaluation adds the importance-weighted NLL.
         step_terms = ["loss", "elbo", "recon", "kl"] + (["bpd"] if likelihood.discrete else [])
         # Running sums of the training terms in this epoch, see _accumulate_train_terms.
@@ -239,25 +248,16 @@ class VAE(L.LightningModule):
     def importance_log_likelihood(self, x: Tensor, k: int) -> Tensor:
         """The importance-weighted estimate L_k of log p(x), ``(B,)`` nats per image, fp32.
 
-        Chunks the k samples so that at most ~8,192 images go through the decoder at once.
+        The k samples go through the decoder in chunks (see :mod:`vaezoo.models.importance`).
 
         Args:
             x: Images ``(B, C, H, W)`` in [0, 1].
             k: Number of importance samples per image.
         """
         posterior = self.encode(x)
-        b = x.shape[0]
-        chunk = max(1, _IW_IMAGES_PER_CHUNK // b)
-        log_w = []
-        for start in range(0, k, chunk):
-            c = min(chunk, k - start)
-            z = posterior.rsample(c)  # (c, B, L)
-            params = self.decode(z.flatten(0, 1))  # (c * B, P * C, H, W)
-            log_px = self.likelihood.log_prob(params, x.expand(c, *x.shape).flatten(0, 1)).view(c, b)
-            log_pz = (-0.5 * (z.float() ** 2 + math.log(2 * math.pi))).sum(-1)  # (c, B)
-            log_w.append(log_px + log_pz - posterior.log_prob(z))
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k)
+        # A compiled decoder is not probed for its activation sizes: hooks would make it recompile.
+        rows = importance.chunk_rows(self.net.decoder, posterior.mean, probe=not self.compile_net)
+        return importance.log_likelihood(posterior, self.decode, self.likelihood, x, k, rows)
 
     def bits_per_dim(self, nats: Tensor) -> Tensor:
         """Converts nats per image to bits per dimension (divide by D ln 2, D = C * H * W)."""
@@ -280,9 +280,10 @@ class VAE(L.LightningModule):
             terms["bpd"] = self.bits_per_dim(-out.elbo)
         if stage == "train":
             parts = (x, out.recon, out.kl, out.posterior.mean, out.posterior.logvar)  # nonfinite.PARTS
-            if not self.nonfinite_guard.admit(self.global_step, self.current_epoch, loss, parts):
+            admitted = self.nonfinite_guard.admit(self.global_step, self.current_epoch, loss, parts, self._checkpoints_note)
+            if not admitted:
                 self.log("train/skipped_batches", float(self.nonfinite_guard.skipped), on_step=True, on_epoch=False)
-                return None  # skip: Lightning makes no backward pass and no optimiser step
+                return None  # skip: no backward pass, so no update (Lightning still counts the step)
             self._accumulate_train_terms(terms, x.shape[0])
         else:
             self._evaluate(x, out, terms, stage)
@@ -303,10 +304,15 @@ class VAE(L.LightningModule):
 
     def _check_nonfinite(self) -> None:
         """Raise for a non-finite step recorded on the device (a collective: call it on every rank)."""
-        self.nonfinite_guard.check(self.global_step, self._reduce())
+        self.nonfinite_guard.check(self.global_step, self._reduce(), self._checkpoints_note)
+
+    def _checkpoints_note(self) -> str:
+        """What is true of this run's checkpoints, for the guard's errors."""
+        return nonfinite.checkpoints_note(self._trainer)
 
     def on_train_epoch_start(self) -> None:
         self.train_sums.start_epoch(self.current_epoch)
+        self.nonfinite_guard.start_epoch(self.trainer.num_training_batches)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         every = self.trainer.log_every_n_steps
@@ -324,6 +330,8 @@ class VAE(L.LightningModule):
         # Lightning dumps a checkpoint on every rank, so collectives are safe here.
         if self._trainer is not None and self.trainer.state.fn == "fit":
             self._check_nonfinite()  # never a checkpoint after a non-finite step
+            if self.nonfinite != "off":  # nor one that a ModelCheckpoint would score -inf
+                nonfinite.check_monitored(self.trainer)
             checkpoint[running_sums.CHECKPOINT_KEY] = self.train_sums.state(
                 self.device, self.current_epoch, self._reduce()
             )
