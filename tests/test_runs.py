@@ -258,5 +258,6 @@ def test_predict_leaves_no_run_folder_and_writes_its_config_beside_its_files(dat
                            "--predict_writer.output_dir", "out", "--predict_writer.tasks", "[encode]", capsys=capsys)
     assert code == 0, err
     assert sorted(p.name for p in Path("runs/mnist_mlp").iterdir()) == ["version_0"]
+    assert sorted(p.name for p in Path.cwd().iterdir()) == ["out", "runs"]  # no checkpoints/ or lightning_logs/
     saved = yaml.safe_load(Path("out/config.yaml").read_text())
     assert saved["ckpt_path"].endswith(".ckpt") and Path("out/codes.npz").is_file()

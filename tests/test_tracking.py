@@ -152,3 +152,27 @@ def test_wandb_runs_keep_their_own_config_file(tiny_mnist, no_wandb_env: Path, m
     configs = sorted((no_wandb_env / "runs" / "vaezoo").glob("*/config.yaml"))
     assert sorted(yaml.safe_load(c.read_text())["model"]["init_args"]["latent_dim"] for c in configs) == [3, 5]
     assert not (no_wandb_env / "runs" / "config.yaml").exists()
+
+
+def test_under_wandb_last_never_resumes_another_recipe(tiny_mnist, no_wandb_env: Path, monkeypatch, capsys) -> None:
+    """Every recipe logs to runs/vaezoo/<run id> under W&B: `last` must pick a run of this recipe only."""
+    from tests.test_cli import run_cli
+
+    monkeypatch.chdir(no_wandb_env)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    common = ["--config", str(REPO / "configs" / "logger" / "wandb.yaml"), "--data.root", str(tiny_mnist[0]),
+              "--data.val_size", "16", "--data.batch_size", "8", "--model.iw_samples", "4", "--images.every_n_epochs", "0",
+              "--trainer.enable_progress_bar", "false"]
+    mlp = ["fit", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), *common]
+    beta = ["fit", "--config", str(REPO / "configs" / "mnist_beta.yaml"), *common]
+    code, _, err = run_cli(*mlp, "--trainer.max_epochs", "1", capsys=capsys)
+    assert code == 0, err
+    (mlp_run,) = (no_wandb_env / "runs" / "vaezoo").glob("*/checkpoints/last.ckpt")
+    code, out, err = run_cli(*beta, "--trainer.max_epochs", "1", "--ckpt_path", "last", capsys=capsys)
+    assert code == 0, err
+    assert "no checkpoint of a run with these settings yet, training from the start" in out
+    assert str(mlp_run.parent) not in out.split("vaezoo: fit done")[-1]  # the beta run did not resume it
+    # ... and the mlp recipe resumes its own run, not the newer beta one.
+    code, out, err = run_cli(*mlp, "--trainer.max_epochs", "2", "--ckpt_path", "last", capsys=capsys)
+    assert code == 0, err
+    assert f"vaezoo: --ckpt_path last: {mlp_run.parent.resolve()}" in out
