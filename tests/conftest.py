@@ -26,3 +26,13 @@ def tiny_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A root holding official-format CIFAR-10 pickles (8 per batch), md5 table patched to them."""
     patch_cifar10_md5s(monkeypatch, write_cifar10_batches(tmp_path, n_per_batch=8))
     return tmp_path
+
+
+@pytest.fixture
+def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Tiny MNIST (64 train / 16 test) in ``tmp_path/data``; the working folder, where ``runs/`` goes, is
+    ``tmp_path/work``. Returns the data root."""
+    write_mnist_idx(tmp_path / "data")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    return tmp_path / "data"

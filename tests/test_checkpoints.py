@@ -10,7 +10,6 @@ import pytest
 import torch
 import yaml
 
-from tests.data_files import write_mnist_idx
 from tests.test_cli import run_cli
 from vaezoo.callbacks import LatestCheckpoint
 from vaezoo.data.mnist import MNISTDataModule
@@ -22,13 +21,6 @@ RECIPE = REPO / "configs" / "mnist_mlp.yaml"
 FAST = ["--data.val_size", "16", "--data.batch_size", "8", "--model.iw_samples", "2", "--images.every_n_epochs", "0",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
-
-@pytest.fixture
-def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    write_mnist_idx(tmp_path / "data")
-    (tmp_path / "work").mkdir()
-    monkeypatch.chdir(tmp_path / "work")
-    return tmp_path / "data"
 
 
 def test_latest_checkpoint_saves_every_n_steps_and_at_every_epoch_end(tiny_mnist, tmp_path: Path) -> None:

@@ -22,14 +22,6 @@ from vaezoo import runs
 FIT = ["fit", "--config", str(RECIPE), *FAST, "--trainer.max_epochs", "1"]
 
 
-@pytest.fixture
-def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Tiny MNIST in ``data/``; the working folder (where ``runs/`` goes) is ``work/``."""
-    write_mnist_idx(tmp_path / "data")
-    (tmp_path / "work").mkdir()
-    monkeypatch.chdir(tmp_path / "work")
-    return tmp_path / "data"
-
 
 def _claim_after(barrier: multiprocessing.synchronize.Barrier, root: str, queue: multiprocessing.Queue) -> None:
     barrier.wait()  # every process leaves the barrier at the same instant
