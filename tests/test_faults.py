@@ -44,7 +44,7 @@ class PoisonedVAE(VAE):
         else:
             poisoned = self.poison_eval
         if poisoned:
-            out.kl_per_dim = out.kl_per_dim * float("nan")
+            out.latent.kl = out.latent.kl * float("nan")
         return out
 
 

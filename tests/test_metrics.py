@@ -1,13 +1,17 @@
 """Importance-weighted NLL (Burda et al. 2015) and the posterior-collapse diagnostics."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
 from torch import nn
 
+from vaezoo.likelihoods import Bernoulli, Gaussian
 from vaezoo.metrics import LatentActivity
-from vaezoo.models import VAE
+from vaezoo.models import VAE, importance
+from vaezoo.nets.conv import ConvNet
+from vaezoo.nets.mlp import MLPNet
 
 
 def _batch(n: int = 6) -> torch.Tensor:
@@ -52,15 +56,101 @@ def test_iw_bound_tightens_as_k_grows() -> None:
 
 
 def test_iw_chunks_give_the_same_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
-    import vaezoo.models.base as base
-
     model = VAE(latent_dim=4)
     x = _batch(4)
     torch.manual_seed(5)
     whole = model.importance_log_likelihood(x, 50)
-    monkeypatch.setattr(base, "_IW_IMAGES_PER_CHUNK", 12)  # 3 samples of 4 images per chunk
+    monkeypatch.setattr(importance, "MAX_ROWS_PER_CHUNK", 12)  # 3 samples of 4 images per chunk
     torch.manual_seed(5)
     torch.testing.assert_close(model.importance_log_likelihood(x, 50), whole)
+
+
+def _reference_log_likelihood(model: VAE, x: torch.Tensor, eps: torch.Tensor, log_px) -> torch.Tensor:
+    """L_k written out image by image and sample by sample, in float64, from the noise ``eps`` (k, B, L)."""
+    k = len(eps)
+    values = []
+    for b in range(len(x)):
+        with torch.no_grad():
+            mean, logvar = (t.double() for t in model.net.encoder(x[b : b + 1])[0].chunk(2))
+        std = (0.5 * logvar).exp()
+        log_w = []
+        for i in range(k):
+            z = mean + std * eps[i, b].double()
+            with torch.no_grad():
+                params = model.net.decoder(z.float()[None])[0].double()
+            log_pz = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum()
+            log_qz = torch.distributions.Normal(mean, std).log_prob(z).sum()
+            log_w.append(log_px(params, x[b].double()) + log_pz - log_qz)
+        values.append(torch.logsumexp(torch.stack(log_w), 0) - math.log(k))
+    return torch.stack(values)
+
+
+def _bernoulli(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return (x * nn.functional.logsigmoid(params) + (1 - x) * nn.functional.logsigmoid(-params)).sum()
+
+
+def _gaussian(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.distributions.Normal(params, 0.3).log_prob(x).sum()
+
+
+@pytest.mark.parametrize("rows", [None, 8], ids=["one chunk", "chunks of 2 samples"])
+@pytest.mark.parametrize(
+    ("likelihood", "log_px", "grey"),
+    [(Bernoulli(), _bernoulli, False), (Bernoulli(), _bernoulli, True), (Gaussian(sigma=0.3), _gaussian, True)],
+    ids=["bernoulli", "bernoulli on grey levels", "gaussian"],
+)
+def test_iw_equals_a_direct_computation_of_l_k(rows, likelihood, log_px, grey, monkeypatch) -> None:
+    # The chunked, broadcast estimator against L_k computed one weight at a time from the same noise:
+    # log w_i = log p(x | z_i) + log N(z_i; 0, I) - log N(z_i; mu, sigma), z_i = mu + sigma * eps_i.
+    if rows is not None:
+        monkeypatch.setattr(importance, "MAX_ROWS_PER_CHUNK", rows)
+    torch.manual_seed(3)
+    model = VAE(net=partial(MLPNet, hidden_dims=[16], activation="tanh"), latent_dim=4, likelihood=likelihood)
+    x = torch.rand(4, 1, 28, 28) if grey else _batch(4)
+    k = 6
+    torch.manual_seed(11)
+    estimate = model.importance_log_likelihood(x, k)
+    torch.manual_seed(11)
+    eps = torch.randn(k, 4, 4)  # the same draws: (k, B, L), consumed in sample order
+    torch.testing.assert_close(estimate.double(), _reference_log_likelihood(model, x, eps, log_px), rtol=0, atol=2e-3)
+
+
+class _TemperedBernoulli(Bernoulli):
+    """A subclass that changes the math: it must not get the plain Bernoulli's closed form."""
+
+    def _log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return super()._log_prob(params / 2, x)
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "closed_form"),
+    [(None, True), (Bernoulli(), True), (_TemperedBernoulli(), False), (Gaussian(), False)],
+    ids=["default (lazy) bernoulli", "bernoulli", "bernoulli subclass with its own math", "gaussian"],
+)
+def test_iw_takes_the_broadcast_bernoulli_form_only_for_bernoulli_math(likelihood, closed_form, monkeypatch) -> None:
+    # The CLI's default likelihood is a lazily built subclass of Bernoulli: it must get the fast form too.
+    calls = []
+    original = importance.bernoulli_log_prob
+    monkeypatch.setattr(importance, "bernoulli_log_prob", lambda *args: calls.append(1) or original(*args))
+    model = VAE(latent_dim=4) if likelihood is None else VAE(latent_dim=4, likelihood=likelihood)
+    x = _batch(3)
+    value = model.importance_log_likelihood(x, 5)
+    assert bool(calls) == closed_form and torch.isfinite(value).all()
+
+
+def test_iw_chunks_keep_a_conv_decoders_activations_near_the_cpu_caches(monkeypatch) -> None:
+    # A conv decoder's widest activation is 32 x 28 x 28 floats per code: 8,192 codes at once is 800 MB
+    # per layer, written to fresh pages at every op, which made the test NLL twice as slow as chunks of
+    # a few MB. On a CPU a chunk holds CPU_ACTIVATION_BUDGET elements, but at least one sample per image.
+    model = VAE(net=partial(ConvNet, channels=[16, 32]), latent_dim=4)
+    x = _batch(6)
+    model.importance_log_likelihood(x, 1)  # the first call probes the decoder's activations
+    rows_seen = []
+    model.net.decoder.register_forward_pre_hook(lambda module, args: rows_seen.append(len(args[0])))
+    model.importance_log_likelihood(x, 100)
+    widest = 16 * 28 * 28  # the last transposed conv's output per code, (16, 28, 28)
+    assert max(rows_seen) * widest <= max(importance.CPU_ACTIVATION_BUDGET, 6 * widest)
+    assert sum(rows_seen) == 100 * 6  # every sample of every image decoded once
 
 
 def test_iw_logsumexp_is_fp32_under_bf16_autocast() -> None:

@@ -114,6 +114,8 @@ def test_every_variant_with_every_net(variant: str, net: str, shape: tuple[int, 
     assert model.reconstruct(x).shape == x.shape
     assert model.encode(x).mean.shape == (3, 6)
     assert model.decode(torch.zeros(2, 6)).shape == (2, shape[0] * likelihood.params_per_channel, *shape[1:])
+    log_px = model.importance_log_likelihood(x, 4)  # the decoder probed, samples chunked, the likelihood broadcast
+    assert log_px.shape == (3,) and torch.isfinite(log_px).all()
 
 
 def test_a_few_steps_of_adam_raise_the_elbo() -> None:

@@ -177,13 +177,15 @@ VARIANTS = Registry("variant", "vaezoo.variants", "vaezoo.models")
 NETS = Registry("net", "vaezoo.nets", "vaezoo.nets")
 DATASETS = Registry("dataset", "vaezoo.datasets", "vaezoo.data")
 LIKELIHOODS = Registry("likelihood", "vaezoo.likelihoods", "vaezoo.likelihoods")
+PRIORS = Registry("prior", "vaezoo.priors", "vaezoo.priors")
 LOGGERS = Registry("logger", "vaezoo.loggers", "vaezoo.tracking")
-REGISTRIES = (VARIANTS, NETS, DATASETS, LIKELIHOODS, LOGGERS)
+REGISTRIES = (VARIANTS, NETS, DATASETS, LIKELIHOODS, PRIORS, LOGGERS)
 
 register_variant = VARIANTS.register
 register_net = NETS.register
 register_dataset = DATASETS.register
 register_likelihood = LIKELIHOODS.register
+register_prior = PRIORS.register
 
 
 def load_plugins() -> None:

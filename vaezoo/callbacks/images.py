@@ -149,7 +149,6 @@ class ImageLogger(L.Callback):
         self.manifold_steps = manifold_steps
         self.scatter_images = scatter_images
         self.seed = seed
-        self._noise: Tensor | None = None  # (num_images, L) on the CPU, drawn on first use
         self._logged_step: int | None = None  # global step of the last validation pictures
 
     # ----- when ------------------------------------------------------------------------------------
@@ -238,23 +237,22 @@ class ImageLogger(L.Callback):
 
     @torch.no_grad()
     def sample_grid(self, model: VAE) -> Tensor:
-        """E[x | z] for the fixed codes of :meth:`fixed_noise`: ``(3, H', W')``, the same every call."""
-        z = self.fixed_noise(model.latent_dim).to(model.device, model.dtype)  # (num_images, L)
-        return make_grid(_decode_mean(model, z), nrow=_side(self.num_images))
+        """E[x | z] for the fixed codes of :meth:`fixed_codes`: ``(3, H', W')``, the same every call."""
+        return make_grid(_decode_mean(model, self.fixed_codes(model)), nrow=_side(self.num_images))
 
-    def fixed_noise(self, latent_dim: int) -> Tensor:
-        """The codes behind the samples grid, ``(num_images, latent_dim)`` from N(0, I), drawn once from ``seed``."""
-        if self._noise is None or self._noise.shape[1] != latent_dim:
-            # Its own generator: the global RNG (and so training) neither moves nor is moved by it.
-            generator = torch.Generator().manual_seed(self.seed)
-            self._noise = torch.randn(self.num_images, latent_dim, generator=generator)
-        return self._noise
+    def fixed_codes(self, model: VAE) -> Tensor:
+        """The codes behind the samples grid, ``(num_images, D)``, drawn from the model's prior with a generator
+        seeded by ``seed`` at every call: the same codes each time for a fixed prior (N(0, I)); for a learned
+        prior (a mixture, the VampPrior), the same draws of a prior that moves as it trains."""
+        # Its own generator: the global RNG (and so training) neither moves nor is moved by it.
+        generator = torch.Generator().manual_seed(self.seed)
+        return model.sample_codes(self.num_images, generator)
 
     @torch.no_grad()
     def interpolation_grid(self, model: VAE, x: Tensor) -> Tensor:
         """Rows of decodings along the line between the posterior means of consecutive images."""
         pairs = min(self.num_interpolations, len(x) // 2)
-        mean = model.encode(x[: 2 * pairs]).mean  # (2P, L)
+        mean = model.code(x[: 2 * pairs])  # (2P, D): posterior means, or quantised codes
         start, end = mean[0::2, None], mean[1::2, None]  # (P, 1, L) each
         t = torch.linspace(0, 1, self.interpolation_steps, device=mean.device, dtype=mean.dtype)[:, None]  # (S, 1)
         z = start + t * (end - start)  # (P, S, L)
@@ -263,7 +261,7 @@ class ImageLogger(L.Callback):
     @torch.no_grad()
     def traversal_grid(self, model: VAE, x: Tensor) -> Tensor:
         """One row per most active latent dimension, swept while the others stay at ``x[0]``'s code."""
-        codes = self.traversal_codes(model.encode(x).mean)  # (K, S, L)
+        codes = self.traversal_codes(model.code(x))  # (K, S, D)
         return make_grid(_decode_mean(model, codes.flatten(0, 1)), nrow=self.traversal_steps)
 
     def traversal_codes(self, means: Tensor) -> Tensor:
@@ -363,11 +361,11 @@ def _posterior_means(model: VAE, batches: Iterator[tuple[Tensor, Tensor]], n: in
     means, labels, count = [], [], 0
     for x, y in batches:
         x, y = x[: n - count], y[: n - count]  # batch by batch: never all images on the device at once
-        means.append(model.encode(x).mean.float().cpu())
+        means.append(model.code(x).float().cpu())
         labels.append(y.cpu())
         count += len(x)
         if count >= n:
             break
     if not count:
-        return torch.empty(0, model.latent_dim), torch.empty(0, dtype=torch.long)
+        return torch.empty(0, model.latent.code_dim), torch.empty(0, dtype=torch.long)
     return torch.cat(means), torch.cat(labels)

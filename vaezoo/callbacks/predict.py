@@ -272,7 +272,7 @@ class PredictionWriter(L.Callback):
             if "reconstruct" in self.tasks:
                 self._restore_batch(pl_module, x.float())
             if "encode" in self.tasks:
-                posterior = pl_module.encode(x)
+                posterior = pl_module.encode(x)  # (needs a one-layer Gaussian latent: checked at setup)
                 self._add("mean", posterior.mean.float())  # (B, L)
                 self._add("logvar", posterior.logvar.float())  # (B, L)
                 self._add("label", labels.long())  # (B,)
@@ -350,8 +350,8 @@ class PredictionWriter(L.Callback):
         return torch.cat(out)
 
     def _generate(self, pl_module: VAE) -> None:
-        generator = torch.Generator().manual_seed(self.seed)
-        z = torch.randn(self.num_samples, pl_module.latent_dim, generator=generator)  # (n, L), CPU: any device agrees
+        generator = torch.Generator().manual_seed(self.seed)  # drawn on the CPU: any device agrees
+        z = pl_module.sample_codes(self.num_samples, generator)  # (n, D), from the model's prior
         samples = self._decode_means(pl_module, z)  # (n, C, H, W)
         atomic_write(self.output_dir / "samples.pt", _save_tensor(samples))
         atomic_write(self.output_dir / "samples.png", self._grid(samples))

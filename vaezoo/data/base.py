@@ -152,6 +152,13 @@ class ImageDataModule(lightning.LightningDataModule):
         """Download or check the files (Lightning runs this on one process per node)."""
         self._prepare()
 
+    @property
+    def train_size(self) -> int | None:
+        """Training images of the whole split, over all processes (None before ``setup``): the dataset size
+        that objectives built on minibatch statistics (beta-TCVAE) need."""
+        train = self._splits.get("train")
+        return len(train[0]) if train is not None else None
+
     def setup(self, stage: str | None = None) -> None:
         """Load the splits the stage needs, once: a ``test`` after ``fit`` reuses memory."""
         if stage in (None, "fit", "validate") and "train" not in self._splits:

@@ -51,6 +51,8 @@ from torchmetrics import MeanMetric, MeanSquaredError
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from vaezoo.errors import VAEZooError
+from vaezoo.latents.base import Latent, LatentSample
+from vaezoo.latents.gaussian import DiagonalGaussian, GaussianLatent
 from vaezoo.models import hparams
 from vaezoo.models import importance
 from vaezoo.models import running_sums
@@ -61,53 +63,85 @@ from vaezoo.likelihoods import Bernoulli, Likelihood
 from vaezoo.metrics import LatentActivity
 from vaezoo.nets.base import ImageShape, Net, NetFactory
 from vaezoo.nets.mlp import MLPNet
+from vaezoo.priors.base import Prior
+from vaezoo.priors.normal import NormalPrior
 from vaezoo.registry import register_variant
 
 _EVAL_STAGES = ("val", "test")
 
 
 @dataclass
-class DiagonalGaussian:
-    """The posterior q(z | x) = N(mean, diag(exp(logvar))) of a batch."""
-
-    mean: Tensor  # (B, L)
-    logvar: Tensor  # (B, L)
-
-    def rsample(self, k: int | None = None) -> Tensor:
-        """A reparameterised sample z = mean + exp(logvar / 2) * eps: ``(B, L)``, or ``(k, B, L)``."""
-        eps = torch.randn_like(self.mean) if k is None else torch.randn((k, *self.mean.shape), device=self.mean.device)
-        return self.mean + torch.exp(0.5 * self.logvar) * eps.to(self.mean.dtype)
-
-    def log_prob(self, z: Tensor) -> Tensor:
-        """log q(z | x) summed over the latent dimensions, fp32: ``(..., B, L)`` -> ``(..., B)``."""
-        mean, logvar = self.mean.float(), self.logvar.float()
-        return (-0.5 * ((z.float() - mean) ** 2 / logvar.exp() + logvar + math.log(2 * math.pi))).sum(-1)
-
-    def kl_per_dim(self) -> Tensor:
-        """KL(q || N(0, I)) per latent dimension, ``(B, L)`` in nats, computed in fp32."""
-        mean, logvar = self.mean.float(), self.logvar.float()
-        return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
-
-
-@dataclass
 class VAEOutput:
-    """What one forward pass computes. Terms are per image, in nats."""
+    """What one forward pass computes for k >= 1 codes per image. Terms are per image, in nats.
 
-    posterior: DiagonalGaussian
-    z: Tensor  # (B, L) the sample the decoder saw
-    params: Tensor  # (B, P * C, H, W) the likelihood's parameters
-    recon: Tensor  # (B,) -log p(x | z)
-    kl_per_dim: Tensor  # (B, L) KL(q(z_l | x) || N(0, 1))
+    Attributes:
+        latent: The latent's sample and terms (codes ``(k, B, D)``, KL, log q and log p where they exist).
+        params: The likelihood's parameters ``(k * B, P * C, H, W)``, sample-major.
+        log_px: log p(x | z) of each code ``(k, B)``.
+    """
+
+    latent: LatentSample
+    params: Tensor
+    log_px: Tensor
+
+    @property
+    def k(self) -> int:
+        return self.log_px.shape[0]
+
+    @property
+    def recon(self) -> Tensor:
+        """-E_q[log p(x | z)], ``(B,)``: the k codes' mean."""
+        return -self.log_px.mean(0)
 
     @property
     def kl(self) -> Tensor:
-        """KL(q(z | x) || p(z)), ``(B,)`` nats per image."""
-        return self.kl_per_dim.sum(1)
+        """KL(q(z | x) || p(z)), ``(B,)`` nats per image (analytic or estimated: ``latent.kl_analytic``)."""
+        return self.latent.kl
 
     @property
     def elbo(self) -> Tensor:
         """The evidence lower bound, ``(B,)`` nats per image."""
         return -(self.recon + self.kl)
+
+    @property
+    def kl_per_dim(self) -> Tensor | None:
+        """The KL per latent unit ``(B, A)`` where analytic, else None."""
+        return self.latent.kl_per_dim
+
+    @property
+    def z(self) -> Tensor:
+        """The first code of each image ``(B, D)``."""
+        return self.latent.z[0]
+
+    @property
+    def posterior(self) -> DiagonalGaussian | None:
+        """q(z | x) of a one-layer Gaussian latent; None for other latents."""
+        post = self.latent.posterior
+        return DiagonalGaussian(post["mean"], post["logvar"]) if {"mean", "logvar"} <= post.keys() else None
+
+    def log_weights(self) -> Tensor:
+        """log w = log p(x | z) + log p(z) - log q(z | x), ``(k, B)`` fp32: the importance weights of IWAE."""
+        if self.latent.log_q is None or self.latent.log_p is None:
+            raise VAEZooError("this latent has no log q(z | x) (its posterior is a point mass): no importance weights.")
+        return self.log_px.float() + self.latent.log_p - self.latent.log_q
+
+
+@dataclass(frozen=True)
+class Context:
+    """What an objective may need besides the batch: given by the Trainer, or by hand without one.
+
+    Attributes:
+        dataset_size: Training images over all processes (the whole split, not one process's share);
+            None when unknown (a model used without a DataModule).
+        step: The optimiser step (``global_step``).
+        world_size: Training processes.
+        stage: ``train``, ``val`` or ``test``.
+    """
+
+    dataset_size: int | None = None
+    step: int = 0
+    world_size: int = 1
+    stage: str = "train"
 
 
 def _checkpoint_mismatch(detail: str) -> str:
@@ -133,6 +167,9 @@ class VAE(L.LightningModule):
         likelihood: The decoder's distribution p(x | z): ``Bernoulli`` for binarised images,
             ``DiscretizedLogistic`` for 8-bit colour (bits/dim is a bound), ``Gaussian`` for an MSE-style
             objective.
+        prior: The prior p(z) of a Gaussian latent: ``normal`` (N(0, I), analytic KL), ``mog`` (a learned
+            mixture of Gaussians) or ``vamp`` (the VampPrior of Tomczak & Welling 2018), or a plugin's;
+            learned priors' KL is estimated by sampling. Variants with other latents (``vqvae``) ignore it.
         image_shape: (channels, height, width). Linked from the DataModule by the CLI; set it only
             when using the model on its own.
         iw_samples: Importance samples k per test image for ``test/nll`` (Burda et al.); null turns
@@ -158,6 +195,7 @@ class VAE(L.LightningModule):
         net: NetFactory = MLPNet,
         latent_dim: int = 32,
         likelihood: Likelihood = lazy_instance(Bernoulli),
+        prior: Prior = lazy_instance(NormalPrior),
         image_shape: ImageShape = (1, 28, 28),
         iw_samples: int | None = 1000,
         val_iw_samples: int | None = None,
@@ -174,7 +212,7 @@ class VAE(L.LightningModule):
             if k is not None and k <= 0:
                 raise VAEZooError(f"{name} must be a positive number of importance samples or null (off), got {k}.")
         with warnings.catch_warnings():  # the likelihood is made plain data just below
-            warnings.filterwarnings("ignore", message="Attribute 'likelihood' is an instance of `nn.Module`")
+            warnings.filterwarnings("ignore", message="Attribute '(likelihood|prior)' is an instance of `nn.Module`")
             self.save_hyperparameters()
         if "_instantiator" not in self.hparams:  # built in Python, not from a config: store class paths
             config = hparams.portable(dict(self.hparams), type(self))
@@ -185,6 +223,10 @@ class VAE(L.LightningModule):
         self.image_shape: ImageShape = tuple(image_shape)  # type: ignore[assignment]
         self.likelihood = likelihood
         self.net: Net = net(self.image_shape, latent_dim, image_shape[0] * likelihood.params_per_channel)
+        # The code between encoder and decoder (Gaussian with the prior, or a variant's own: hierarchical, VQ).
+        self.latent: Latent = self.build_latent(latent_dim, prior)
+        self.latent.bind(self.image_shape, self.net.encoder)
+        self.latent.check()  # a prior plugin with the wrong shapes fails here, at start-up, by name
         self.iw_samples = {"val": val_iw_samples, "test": iw_samples}
         self.compile_net = compile
         self.nonfinite = nonfinite
@@ -194,6 +236,7 @@ class VAE(L.LightningModule):
         self.nonfinite_guard = NonFiniteGuard(nonfinite, max_skipped_fraction)
         # The terms every step computes (see _step); evaluation adds the importance-weighted NLL.
         step_terms = ["loss", "elbo", "recon", "kl"] + (["bpd"] if likelihood.discrete else [])
+        step_terms += [t for t in (*self.objective_terms, *self.latent.terms) if t not in step_terms]
         # Running sums of the training terms in this epoch, see _accumulate_train_terms.
         self.train_sums = RunningSums(step_terms)
         self.optimizer = optimizer
@@ -205,44 +248,89 @@ class VAE(L.LightningModule):
         )
         self.eval_mse = nn.ModuleDict({stage: MeanSquaredError() for stage in _EVAL_STAGES})
         self.eval_psnr = nn.ModuleDict({stage: PeakSignalNoiseRatio(data_range=1.0) for stage in _EVAL_STAGES})
-        self.latent_activity = nn.ModuleDict({stage: LatentActivity(latent_dim) for stage in _EVAL_STAGES})
+        self.latent_activity = nn.ModuleDict(
+            {stage: LatentActivity(self.latent.activity_dim) for stage in _EVAL_STAGES}
+        )
         # The last computed per-dimension statistics of each stage (activity, kl_per_dim), for plots.
         self.latent_stats: dict[str, dict[str, Tensor]] = {}
+
+    # ----- the parts: what variants choose ----------------------------------------------------------
+
+    # Names of the further per-image terms ``objective`` returns (besides ``loss``), logged under them.
+    objective_terms: tuple[str, ...] = ()
+    # Whether ``objective`` needs log q(z | x) and log p(z) of the samples (``out.log_weights()``).
+    needs_log_weights: bool = False
+    # Codes per image in a training step: the k of a k-sample objective (IWAE).
+    train_samples: int = 1
+
+    def build_latent(self, latent_dim: int, prior: Prior) -> Latent:
+        """The latent code: one Gaussian layer of ``latent_dim`` units under ``prior``. Variants with another kind
+        of latent (several layers, a codebook) override this."""
+        return GaussianLatent(latent_dim, prior)
 
     # ----- the user-facing API ---------------------------------------------------------------------
 
     def encode(self, x: Tensor) -> DiagonalGaussian:
-        """The posterior q(z | x) of images ``x`` ``(B, C, H, W)`` in [0, 1]."""
-        mean, logvar = self.net.encoder(x).chunk(2, dim=1)  # (B, L) each
-        return DiagonalGaussian(mean, logvar)
+        """The posterior q(z | x) of images ``x`` ``(B, C, H, W)`` in [0, 1], for a one-layer Gaussian latent.
+
+        Other latents: :meth:`code` gives the code of a reconstruction for every kind.
+        """
+        if not isinstance(self.latent, GaussianLatent):
+            raise VAEZooError(f"{type(self).__name__} has a {type(self.latent).__name__}, not one Gaussian layer: "
+                              "use model.code(x) for its codes, or model(x).latent for the whole posterior.")
+        return self.latent.posterior(self.net.encoder(x))
+
+    def code(self, x: Tensor) -> Tensor:
+        """The code ``(B, D)`` of images ``x`` ``(B, C, H, W)`` with no sampling: the posterior mean (a
+        Gaussian latent) or the quantised code (VQ). What reconstructions, interpolations and traversals use."""
+        return self.latent.point(self.net.encoder(x))
 
     def decode(self, z: Tensor) -> Tensor:
-        """The likelihood's parameters ``(B, P * C, H, W)`` for codes ``z`` ``(B, L)``."""
+        """The likelihood's parameters ``(B, P * C, H, W)`` for codes ``z`` ``(B, D)``."""
         return self.net.decoder(z)
 
-    def forward(self, x: Tensor) -> VAEOutput:
-        """Encode, sample z by reparameterisation, decode and score ``x`` ``(B, C, H, W)``."""
-        posterior = self.encode(x)
-        z = posterior.rsample()
-        params = self.decode(z)
-        recon = -self.likelihood.log_prob(params, x)
-        return VAEOutput(posterior, z, params, recon, posterior.kl_per_dim())
+    def forward(self, x: Tensor, k: int = 1) -> VAEOutput:
+        """Encode, draw k codes per image, decode and score ``x`` ``(B, C, H, W)``: every term of the objective,
+        with no Trainer needed.
+
+        Args:
+            x: Images in [0, 1].
+            k: Codes per image (1: the ELBO's single-sample estimate; k > 1: what IWAE needs).
+        """
+        latent = self.latent(self.net.encoder(x), k, log_weights=self.needs_log_weights)
+        params = self.decode(latent.z.flatten(0, 1))  # (k * B, P * C, H, W)
+        if k == 1:
+            log_px = self.likelihood.log_prob(params, x).unsqueeze(0)  # (1, B)
+        else:
+            log_px = importance.log_prob_samples(self.likelihood, params.unflatten(0, (k, x.shape[0])), x)
+        return VAEOutput(latent, params, log_px)
+
+    def sample_codes(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` codes ``(n, D)`` from the prior: the one way anything draws from the model (samples,
+        pictures, predict's generate, FID).
+
+        Args:
+            n: How many.
+            generator: A CPU generator, for the same codes every time (the pictures' fixed samples).
+        """
+        return self.latent.sample(n, generator).to(self.dtype if self.dtype.is_floating_point else torch.float32)
 
     @torch.no_grad()
-    def sample(self, n: int, mean: bool = True) -> Tensor:
-        """``n`` images ``(n, C, H, W)`` in [0, 1] decoded from z ~ N(0, I).
+    def sample(self, n: int, mean: bool = True, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` images ``(n, C, H, W)`` in [0, 1] decoded from codes of the prior (:meth:`sample_codes`).
 
         Args:
             n: How many images.
             mean: Return E[x | z] (smooth images) instead of a draw from p(x | z).
+            generator: A CPU generator for the codes, for the same images every time.
         """
-        params = self.decode(torch.randn(n, self.latent_dim, device=self.device))
+        params = self.decode(self.sample_codes(n, generator))
         return self.likelihood.mean(params) if mean else self.likelihood.sample(params)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
-        """E[x | z = posterior mean] for images ``x`` ``(B, C, H, W)``: the model's reconstruction."""
-        return self.likelihood.mean(self.decode(self.encode(x).mean))
+        """E[x | z = the code of x] for images ``x`` ``(B, C, H, W)``: the model's reconstruction."""
+        return self.likelihood.mean(self.decode(self.code(x)))
 
     @torch.no_grad()
     def importance_log_likelihood(self, x: Tensor, k: int) -> Tensor:
@@ -253,11 +341,21 @@ class VAE(L.LightningModule):
         Args:
             x: Images ``(B, C, H, W)`` in [0, 1].
             k: Number of importance samples per image.
+
+        Raises:
+            VAEZooError: for a latent without log q(z | x) (VQ-VAE's point-mass posterior).
         """
-        posterior = self.encode(x)
+        if self.latent.iw_reason is not None:
+            raise VAEZooError(f"{type(self).__name__} has no importance-weighted NLL: {self.latent.iw_reason}")
+        h = self.net.encoder(x)
         # A compiled decoder is not probed for its activation sizes: hooks would make it recompile.
-        rows = importance.chunk_rows(self.net.decoder, posterior.mean, probe=not self.compile_net)
-        return importance.log_likelihood(posterior, self.decode, self.likelihood, x, k, rows)
+        rows = importance.chunk_rows(self.net.decoder, self.latent.point(h), probe=not self.compile_net)
+
+        def draw(c: int) -> tuple[Tensor, Tensor]:  # c codes per image and their log p(z) - log q(z | x)
+            s = self.latent(h, c, log_weights=True)
+            return s.z, s.log_p - s.log_q
+
+        return importance.log_likelihood(draw, self.decode, self.likelihood, x, k, rows)
 
     def bits_per_dim(self, nats: Tensor) -> Tensor:
         """Converts nats per image to bits per dimension (divide by D ln 2, D = C * H * W)."""
@@ -265,21 +363,49 @@ class VAE(L.LightningModule):
 
     # ----- the objective: what variants override ---------------------------------------------------
 
+    def objective(self, x: Tensor, out: VAEOutput, context: Context) -> dict[str, Tensor]:
+        """The terms of the minimised objective, per image: ``loss`` ``(B,)`` is minimised (its batch mean),
+        the others (named in ``objective_terms``) are logged. The base: -ELBO, nats per image.
+
+        Args:
+            x: The batch ``(B, C, H, W)``.
+            out: The forward pass, with ``train_samples`` codes per image in training.
+            context: Dataset size, step and processes (:class:`Context`).
+        """
+        return {"loss": -out.elbo}
+
     def loss(self, out: VAEOutput) -> Tensor:
-        """The minimised objective, a scalar: -ELBO averaged over the batch, nats per image."""
+        """A short form of :meth:`objective` for variants that need neither the batch nor the context: the
+        minimised objective as a scalar (nats per image). The base: -ELBO averaged over the batch."""
         return -out.elbo.mean()
+
+    def context(self, stage: str) -> Context:
+        """The :class:`Context` of this step (from the Trainer and its DataModule, where attached)."""
+        trainer = self._trainer
+        if trainer is None:
+            return Context(stage=stage)
+        datamodule = getattr(trainer, "datamodule", None)
+        size = getattr(datamodule, "train_size", None) if datamodule is not None else None
+        return Context(dataset_size=size, step=self.global_step, world_size=trainer.world_size, stage=stage)
 
     # ----- Lightning ---------------------------------------------------------------------------------
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor | None:
         x, _ = batch  # (B, C, H, W) float in [0, 1], already on the device
-        out = self(x)
-        loss = self.loss(out)
-        terms = {"loss": loss, "elbo": out.elbo, "recon": out.recon, "kl": out.kl}
+        k = self.train_samples if stage == "train" else 1
+        out = self(x, k) if k > 1 else self(x)
+        if type(self).loss is not VAE.loss:  # a variant written with the short form
+            terms = {"loss": self.loss(out)}
+        else:
+            terms = self.objective(x, out, self.context(stage))
+        # The latent's own losses (VQ's commitment) join the objective; every variant's elbo is the true ELBO.
+        loss = (terms["loss"] + sum(out.latent.extra.values())).mean() if out.latent.extra else terms["loss"].mean()
+        terms = {**terms, "loss": loss, "elbo": out.elbo, "recon": out.recon, "kl": out.kl,
+                 **out.latent.extra, **out.latent.stats}
         if self.likelihood.discrete:
             terms["bpd"] = self.bits_per_dim(-out.elbo)
         if stage == "train":
-            parts = (x, out.recon, out.kl, out.posterior.mean, out.posterior.logvar)  # nonfinite.PARTS
+            parts = {"pixels": x, "recon": out.recon, "kl": out.kl, **out.latent.finite_parts}  # order of blame
             admitted = self.nonfinite_guard.admit(self.global_step, self.current_epoch, loss, parts, self._checkpoints_note)
             if not admitted:
                 self.log("train/skipped_batches", float(self.nonfinite_guard.skipped), on_step=True, on_epoch=False)
@@ -339,7 +465,7 @@ class VAE(L.LightningModule):
     def _evaluate(self, x: Tensor, out: VAEOutput, terms: dict[str, Tensor], stage: str) -> None:
         """Update and log the validation or test metrics of one batch."""
         k = self.iw_samples[stage]
-        if k is not None:
+        if k is not None and self.latent.iw_reason is None:
             terms["nll"] = -self.importance_log_likelihood(x, k)
             if self.likelihood.discrete:
                 terms["nll_bpd"] = self.bits_per_dim(terms["nll"])
@@ -347,11 +473,11 @@ class VAE(L.LightningModule):
             metric = self.eval_means[stage][name]
             metric.update(value.detach() if value.dim() else value.detach().expand(x.shape[0]))
             self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "elbo")
-        recon = self.likelihood.mean(self.decode(out.posterior.mean))  # (B, C, H, W) in [0, 1]
+        recon = self.likelihood.mean(self.decode(out.latent.point))  # (B, C, H, W) in [0, 1]
         for name, metric in (("mse", self.eval_mse[stage]), ("psnr", self.eval_psnr[stage])):
             metric.update(recon.float(), x.float())
             self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True)
-        self.latent_activity[stage].update(out.posterior.mean, out.kl_per_dim)
+        self.latent_activity[stage].update(out.latent.activity, out.kl_per_dim)
 
     def _log_latent_activity(self, stage: str) -> None:
         metric = self.latent_activity[stage]
@@ -384,13 +510,8 @@ class VAE(L.LightningModule):
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = batch
-        posterior = self.encode(x)
-        return {
-            "mean": posterior.mean,
-            "logvar": posterior.logvar,
-            "reconstruction": self.likelihood.mean(self.decode(posterior.mean)),
-            "label": y,
-        }
+        latent = self.latent(self.net.encoder(x), 1)
+        return {**latent.posterior, "reconstruction": self.likelihood.mean(self.decode(latent.point)), "label": y}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # A checkpoint of another variant or shape fails later as a wall of missing keys: name it now.

@@ -30,7 +30,7 @@ from vaezoo.errors import VAEZooError
 
 Mode = Literal["stop", "skip", "off"]
 # What can go non-finite, in the order of blame: bad pixels are the data's fault, not the model's.
-PARTS = ("pixels", "recon", "kl", "posterior mean", "posterior logvar")
+PARTS = ("pixels", "recon", "kl")  # then the latent's own parts (LatentSample.finite_parts), e.g. the posterior mean
 _FIXES = ("Fixes: lower the learning rate (--model.optimizer.lr), clip gradients (--trainer.gradient_clip_val 1.0), "
           "train in 32-true precision, check the data")
 
@@ -40,9 +40,9 @@ def sync_is_free(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def _nonfinite(parts: tuple[Tensor, ...]) -> Tensor:
+def _nonfinite(parts: dict[str, Tensor]) -> Tensor:
     """``(len(parts),)`` bool: which of the tensors hold a NaN or an Inf. No sync."""
-    return torch.stack([~torch.isfinite(p).all() for p in parts])
+    return torch.stack([~torch.isfinite(p).all() for p in parts.values()])
 
 
 def _no_note() -> str:
@@ -68,6 +68,7 @@ class NonFiniteGuard:
         # Deferred (accelerators, stop): the first non-finite step (-1: none yet) and what went bad there.
         self._first_step: Tensor | None = None
         self._first_parts: Tensor | None = None
+        self._part_names: list[str] = []
         self._first_loss: Tensor | None = None
         self._first_epoch: Tensor | None = None
 
@@ -76,7 +77,7 @@ class NonFiniteGuard:
         self.skipped_in_epoch = self.batches_in_epoch = 0
         self.epoch_size = batches
 
-    def admit(self, step: int, epoch: int, loss: Tensor, parts: tuple[Tensor, ...],
+    def admit(self, step: int, epoch: int, loss: Tensor, parts: dict[str, Tensor],
               checkpoints: Callable[[], str] = _no_note) -> bool:
         """Whether to train on this batch; raises for ``stop`` when the check is immediate, and for
         ``skip`` past ``max_skipped_fraction``.
@@ -85,7 +86,8 @@ class NonFiniteGuard:
             step: The global step of this batch.
             epoch: Its epoch.
             loss: The scalar loss.
-            parts: The tensors of :data:`PARTS`, in that order.
+            parts: What can go non-finite, by name, in the order of blame: :data:`PARTS` first (bad pixels
+                are the data's fault, not the model's), then the latent's parts.
             checkpoints: Says what is true of the run's checkpoints (:func:`checkpoints_note`); called
                 only to write an error.
         """
@@ -96,18 +98,19 @@ class NonFiniteGuard:
             if torch.isfinite(loss):
                 return True
             if self.mode == "stop":
-                raise VAEZooError(_message(step, epoch, _nonfinite(parts).tolist(), loss.item(), None, checkpoints()))
+                raise VAEZooError(_message(step, epoch, _blamed(parts), loss.item(), None, checkpoints()))
             self.skipped += 1
             self.skipped_in_epoch += 1
             if self.skipped_in_epoch > self.max_skipped_fraction * self.epoch_size:
                 too_many = (f"{self.skipped_in_epoch} of the {self.batches_in_epoch} training batches of epoch {epoch} "
                             f"so far had a non-finite loss and were skipped, more than --model.max_skipped_fraction "
                             f"{self.max_skipped_fraction:g} of the epoch's {self.epoch_size} allows. The last one: ")
-                raise VAEZooError(_message(step, epoch, _nonfinite(parts).tolist(), loss.item(), None, checkpoints(),
+                raise VAEZooError(_message(step, epoch, _blamed(parts), loss.item(), None, checkpoints(),
                                            too_many=too_many))
             return False
         with torch.no_grad():
             bad = _nonfinite(parts)
+            self._part_names = list(parts)
             if self._first_step is None:
                 self._first_step = torch.full((), -1, dtype=torch.long, device=loss.device)
                 self._first_parts = torch.zeros_like(bad)
@@ -139,24 +142,30 @@ class NonFiniteGuard:
         if first_step < 0:
             return
         own = int(self._first_step) == first_step
-        parts = self._first_parts.tolist() if own else []
+        parts = [name for name, is_bad in zip(self._part_names, self._first_parts.tolist()) if is_bad] if own else None
         loss = self._first_loss.item() if own else float("nan")
         epoch = int(self._first_epoch) if own else None
         raise VAEZooError(_message(first_step, epoch, parts, loss, step, checkpoints()))
 
 
-def _message(step: int, epoch: int | None, bad: list[bool], loss: float, found_at: int | None, checkpoints: str,
+def _blamed(parts: dict[str, Tensor]) -> list[str]:
+    """The names of the parts that hold a NaN or an Inf (reads the device)."""
+    return [name for name, is_bad in zip(parts, _nonfinite(parts).tolist()) if is_bad]
+
+
+def _message(step: int, epoch: int | None, bad: list[str] | None, loss: float, found_at: int | None, checkpoints: str,
              too_many: str = "") -> str:
+    """``bad``: the names of the non-finite parts, or None when another process found them."""
     where = f"at step {step}" + (f" (epoch {epoch})" if epoch is not None else "")
     note = f" {checkpoints}" if checkpoints else ""
-    if bad and bad[0]:
+    if bad and bad[0] == "pixels":
         return (
             f"{too_many}the training batch {where} holds NaN or Inf pixels, so the loss became {loss}.{note} Fix the "
             "dataset: images must be finite numbers in [0, 1] (vaezoo's own DataModules store uint8 and cannot "
             "produce this)."
         )
-    names = [name for name, is_bad in zip(PARTS, bad) if is_bad] or ["the loss"]
-    culprit = f"{' and '.join(names)} went non-finite" if bad else "on another process"
+    names = bad or ["the loss"]
+    culprit = f"{' and '.join(names)} went non-finite" if bad is not None else "on another process"
     if too_many:
         when = "Skipped batches make no update, so the weights are finite."
         last_fix = ", or allow more skipped batches with --model.max_skipped_fraction (1: never stop)."

@@ -1,0 +1,71 @@
+"""A mixture of Gaussians with learned means, variances and weights: a simple learned prior."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from vaezoo.errors import VAEZooError
+from vaezoo.priors.base import Prior
+from vaezoo.registry import register_prior
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def mixture_log_prob(z: Tensor, means: Tensor, logvars: Tensor, log_weights: Tensor) -> Tensor:
+    """log sum_k w_k N(z; m_k, diag(exp(v_k))): ``z (..., L)``, ``means, logvars (K, L)``,
+    ``log_weights (K,)`` (normalised) -> ``(...)``, fp32."""
+    z = z.float().unsqueeze(-2)  # (..., 1, L)
+    means, logvars = means.float(), logvars.float()
+    log_n = -0.5 * ((z - means).pow(2) * torch.exp(-logvars) + logvars + _LOG_2PI).sum(-1)  # (..., K)
+    return torch.logsumexp(log_n + log_weights.float(), dim=-1)
+
+
+def mixture_sample(n: int, means: Tensor, logvars: Tensor, log_weights: Tensor,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """``n`` draws ``(n, L)`` of the mixture: a component by its weight, then its Gaussian (drawn on the CPU
+    from ``generator`` when one is given)."""
+    device = means.device
+    weights = log_weights.float().exp()
+    if generator is not None:
+        k = torch.multinomial(weights.cpu(), n, replacement=True, generator=generator).to(device)  # (n,)
+        eps = torch.randn(n, means.shape[-1], generator=generator).to(device)
+    else:
+        k = torch.multinomial(weights, n, replacement=True)
+        eps = torch.randn(n, means.shape[-1], device=device)
+    return means[k].float() + torch.exp(0.5 * logvars[k].float()) * eps
+
+
+@register_prior("mog")
+class MixturePrior(Prior):
+    """p(z) = sum_k w_k N(z; m_k, diag(s_k^2)), with K components whose means, variances and (optionally)
+    weights are learned with the model. The KL from the posterior has no closed form: it is estimated
+    by sampling.
+
+    Args:
+        components: K, the number of mixture components.
+        learn_weights: Learn the mixture weights (else uniform, 1/K each).
+        init_scale: Standard deviation of the components' initial means around 0.
+    """
+
+    def __init__(self, components: int = 10, learn_weights: bool = True, init_scale: float = 1.0) -> None:
+        super().__init__()
+        if components <= 0:
+            raise VAEZooError(f"mog prior needs components >= 1, got {components}; e.g. --model.prior.components 10.")
+        self.components = components
+        self.learn_weights = learn_weights
+        self.init_scale = init_scale
+
+    def bind(self, latent_dim, image_shape, encode) -> None:  # noqa: ANN001 (see Prior.bind)
+        super().bind(latent_dim, image_shape, encode)
+        self.means = nn.Parameter(self.init_scale * torch.randn(self.components, latent_dim))
+        self.logvars = nn.Parameter(torch.zeros(self.components, latent_dim))
+        self.logits = nn.Parameter(torch.zeros(self.components), requires_grad=self.learn_weights)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        return mixture_log_prob(z, self.means, self.logvars, torch.log_softmax(self.logits.float(), 0))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return mixture_sample(n, self.means, self.logvars, torch.log_softmax(self.logits.float(), 0), generator)

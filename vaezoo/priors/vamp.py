@@ -1,0 +1,70 @@
+"""The VampPrior of Tomczak & Welling (2018), "VAE with a VampPrior": a mixture of the posteriors of K
+learned pseudo-inputs, p(z) = (1/K) sum_k q(z | u_k)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from vaezoo.errors import VAEZooError
+from vaezoo.priors.base import Prior
+from vaezoo.priors.mog import mixture_log_prob, mixture_sample
+from vaezoo.registry import register_prior
+
+
+@register_prior("vamp")
+class VampPrior(Prior):
+    """p(z) = (1/K) sum_k q(z | u_k): the encoder's posteriors of K pseudo-inputs u_k, images learned with
+    the model (Tomczak & Welling 2018; 500 pseudo-inputs on MNIST in the paper). The KL from the
+    posterior has no closed form: it is estimated by sampling. Every training step encodes the K
+    pseudo-inputs once.
+
+    Pseudo-inputs are kept in [0, 1] by a hard tanh, as in the paper, and start near ``init_mean``
+    (the paper's 0.05 +- 0.01).
+
+    Args:
+        pseudo_inputs: K, the number of pseudo-inputs (at most the number of training images).
+        init_mean: Mean of the pseudo-inputs' initial pixels.
+        init_std: Their standard deviation.
+    """
+
+    def __init__(self, pseudo_inputs: int = 500, init_mean: float = 0.05, init_std: float = 0.01) -> None:
+        super().__init__()
+        if pseudo_inputs <= 0:
+            raise VAEZooError(f"vamp prior needs pseudo_inputs >= 1, got {pseudo_inputs}; e.g. --model.prior.pseudo_inputs 500.")
+        self.pseudo_inputs = pseudo_inputs
+        self.init_mean = init_mean
+        self.init_std = init_std
+        self._encode: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None
+
+    def bind(self, latent_dim, image_shape, encode) -> None:  # noqa: ANN001 (see Prior.bind)
+        super().bind(latent_dim, image_shape, encode)
+        self.u = nn.Parameter(self.init_mean + self.init_std * torch.randn(self.pseudo_inputs, *image_shape))
+        self._encode = encode  # a plain attribute: the encoder is the model's, not a second copy
+
+    def components(self) -> tuple[Tensor, Tensor]:
+        """The K posteriors of the pseudo-inputs: means and log-variances, ``(K, L)`` each."""
+        assert self._encode is not None, "VampPrior.bind() was not called (the model does it)"
+        return self._encode(nn.functional.hardtanh(self.u, 0.0, 1.0))
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        means, logvars = self.components()
+        uniform = torch.full((self.pseudo_inputs,), -math.log(self.pseudo_inputs), device=means.device)
+        return mixture_log_prob(z, means, logvars, uniform)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        means, logvars = self.components()
+        uniform = torch.full((self.pseudo_inputs,), -math.log(self.pseudo_inputs), device=means.device)
+        return mixture_sample(n, means, logvars, uniform, generator)
+
+    def check_data(self, train_images: int) -> None:
+        """Refuse more pseudo-inputs than the training set holds images (a mixture of the data's own posteriors
+        is the most a VampPrior can be: more components add nothing but cost)."""
+        if self.pseudo_inputs > train_images:
+            raise VAEZooError(
+                f"the vamp prior has {self.pseudo_inputs} pseudo-inputs, more than the {train_images} training images: "
+                f"pass --model.prior.pseudo_inputs {max(1, min(500, train_images))} or fewer."
+            )
