@@ -15,7 +15,8 @@ class LatentActivity(Metric):
     x, its posterior has collapsed to the prior.
 
     :meth:`compute` returns a dict: ``active_units`` (count), ``activity`` ``(L,)`` (the variances)
-    and ``kl_per_dim`` ``(L,)`` (mean KL of each dimension, nats per image).
+    and, where the KL splits over dimensions in closed form (the N(0, I) prior), ``kl_per_dim`` ``(L,)``
+    (mean KL of each dimension, nats per image).
 
     Args:
         latent_dim: Size of the latent code, L.
@@ -31,20 +32,22 @@ class LatentActivity(Metric):
         for name in ("mean_sum", "mean_sq_sum", "kl_sum"):
             self.add_state(name, torch.zeros(latent_dim, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("kl_count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, mean: Tensor, kl_per_dim: Tensor) -> None:
-        """Add a batch: posterior means ``(B, L)`` and KL per dimension ``(B, L)``."""
-        mean, kl_per_dim = mean.detach().double(), kl_per_dim.detach().double()
+    def update(self, mean: Tensor, kl_per_dim: Tensor | None) -> None:
+        """Add a batch: posterior means ``(B, L)`` and KL per dimension ``(B, L)`` (None where it has no split)."""
+        mean = mean.detach().double()
         self.mean_sum += mean.sum(0)
         self.mean_sq_sum += mean.pow(2).sum(0)
-        self.kl_sum += kl_per_dim.sum(0)
         self.count += mean.shape[0]
+        if kl_per_dim is not None:
+            self.kl_sum += kl_per_dim.detach().double().sum(0)
+            self.kl_count += mean.shape[0]
 
     def compute(self) -> dict[str, Tensor]:
         n = self.count.clamp(min=1)
         activity = (self.mean_sq_sum / n - (self.mean_sum / n).pow(2)).clamp(min=0)
-        return {
-            "active_units": (activity > self.threshold).sum().float(),
-            "activity": activity.float(),
-            "kl_per_dim": (self.kl_sum / n).float(),
-        }
+        stats = {"active_units": (activity > self.threshold).sum().float(), "activity": activity.float()}
+        if self.kl_count > 0:
+            stats["kl_per_dim"] = (self.kl_sum / self.kl_count.clamp(min=1)).float()
+        return stats

@@ -29,6 +29,7 @@ _UNITS: dict[str, tuple[str, str]] = {
     "loss": ("{:.2f}", "nats per image (the minimised objective)"),
     "recon": ("{:.2f}", "nats per image, -E_q log p(x | z)"),
     "kl": ("{:.2f}", "nats per image, KL(q(z | x) || p(z))"),
+    "kl_mc": ("{:.2f}", "nats per image, KL(q(z | x) || p(z)) estimated by sampling"),
     "bpd": ("{:.4f}", "bits per dimension, -ELBO / (D ln 2)"),
     "nll_bpd": ("{:.4f}", "bits per dimension, from the NLL"),
     "mse": ("{:.5f}", "mean squared error per pixel, pixels in [0, 1]"),
@@ -36,7 +37,7 @@ _UNITS: dict[str, tuple[str, str]] = {
     "active_units": ("{:.0f}", "latent dimensions (Burda et al.'s active units)"),
     "fid": ("{:.2f}", "FID against the test images"),
 }
-_ORDER = ("elbo", "nll", "bpd", "nll_bpd", "recon", "kl", "loss", "mse", "psnr", "active_units", "fid")
+_ORDER = ("elbo", "nll", "bpd", "nll_bpd", "recon", "kl", "kl_mc", "loss", "mse", "psnr", "active_units", "fid")
 
 
 def _value(value: object) -> float:

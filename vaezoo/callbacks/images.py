@@ -189,7 +189,7 @@ class ImageLogger(L.Callback):
         if scatter is not None:
             log_figure(trainer, f"{stage}/images/latent_scatter", scatter)
         stats = getattr(pl_module, "latent_stats", {}).get(stage)  # filled at the model's epoch end
-        if stats is not None:
+        if stats is not None and "kl_per_dim" in stats:  # a KL estimated by sampling has no split per unit
             log_figure(trainer, f"{stage}/images/latent_kl", latent_kl_figure(stats))
 
     def _compute(self, trainer: L.Trainer, model: VAE, stage: Stage) -> tuple[dict[str, Tensor], Figure | None]:

@@ -112,8 +112,16 @@ class Latent(nn.Module):
         """The code of a reconstruction ``(B, code_dim)`` from ``h`` ``(B, features)``, with no sampling."""
         raise NotImplementedError
 
+    @property
+    def kl_analytic(self) -> bool:
+        """Whether the KL is computed in closed form (logged as ``kl``) or estimated by sampling (``kl_mc``)."""
+        return True
+
     def check(self) -> None:
         """Fail at start-up when a part breaks its contract (a prior plugin's shapes); nothing by default."""
+
+    def check_data(self, train_images: int) -> None:
+        """Refuse a training set this latent cannot be fitted to (see :meth:`Prior.check_data`); nothing by default."""
 
     def describe(self) -> dict[str, Any]:
         """What the docs and ``vaezoo test`` say about this latent's kind: no entries by default."""

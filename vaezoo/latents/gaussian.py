@@ -97,5 +97,12 @@ class GaussianLatent(Latent):
     def point(self, h: Tensor) -> Tensor:
         return self.posterior(h).mean
 
+    @property
+    def kl_analytic(self) -> bool:
+        return self.prior.analytic_kl
+
     def check(self) -> None:
         self.prior.check()
+
+    def check_data(self, train_images: int) -> None:
+        self.prior.check_data(train_images)

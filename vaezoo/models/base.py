@@ -235,7 +235,9 @@ class VAE(L.LightningModule):
                               f"{max_skipped_fraction}; e.g. --model.max_skipped_fraction 0.1.")
         self.nonfinite_guard = NonFiniteGuard(nonfinite, max_skipped_fraction)
         # The terms every step computes (see _step); evaluation adds the importance-weighted NLL.
-        step_terms = ["loss", "elbo", "recon", "kl"] + (["bpd"] if likelihood.discrete else [])
+        # The KL is logged as "kl" where it is analytic and as "kl_mc" where it is estimated by sampling.
+        self._kl_key = "kl" if self.latent.kl_analytic else "kl_mc"
+        step_terms = ["loss", "elbo", "recon", self._kl_key] + (["bpd"] if likelihood.discrete else [])
         step_terms += [t for t in (*self.objective_terms, *self.latent.terms) if t not in step_terms]
         # Running sums of the training terms in this epoch, see _accumulate_train_terms.
         self.train_sums = RunningSums(step_terms)
@@ -400,7 +402,7 @@ class VAE(L.LightningModule):
             terms = self.objective(x, out, self.context(stage))
         # The latent's own losses (VQ's commitment) join the objective; every variant's elbo is the true ELBO.
         loss = (terms["loss"] + sum(out.latent.extra.values())).mean() if out.latent.extra else terms["loss"].mean()
-        terms = {**terms, "loss": loss, "elbo": out.elbo, "recon": out.recon, "kl": out.kl,
+        terms = {**terms, "loss": loss, "elbo": out.elbo, "recon": out.recon, self._kl_key: out.kl,
                  **out.latent.extra, **out.latent.stats}
         if self.likelihood.discrete:
             terms["bpd"] = self.bits_per_dim(-out.elbo)
@@ -486,6 +488,12 @@ class VAE(L.LightningModule):
         self.latent_stats[stage] = stats = metric.compute()  # synced across processes
         metric.reset()
         self.log(f"{stage}/active_units", stats["active_units"], sync_dist=True)  # same on every rank
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # the DataModule is set up: its training set size is known
+            size = self.context("train").dataset_size
+            if size is not None:
+                self.latent.check_data(size)
 
     def on_train_start(self) -> None:
         # seed_everything leaves every DDP process with the same random state, so each would draw the

@@ -61,7 +61,11 @@ class Prior(nn.Module):
         ``analytic_kl``; the others' KL is estimated by sampling."""
         raise NotImplementedError
 
-    def check(self, device: torch.device | str = "cpu") -> None:
+    def check_data(self, train_images: int) -> None:
+        """Refuse a prior that cannot be fitted to a training set of ``train_images`` images (the VampPrior
+        with more pseudo-inputs than images). Called when training starts; nothing by default."""
+
+    def check(self) -> None:
         """Fail at start-up, naming the prior, when ``log_prob`` or ``sample`` returns the wrong shape.
 
         Raises:

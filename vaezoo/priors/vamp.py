@@ -61,8 +61,8 @@ class VampPrior(Prior):
         return mixture_sample(n, means, logvars, uniform, generator)
 
     def check_data(self, train_images: int) -> None:
-        """Refuse more pseudo-inputs than the training set holds images (a mixture of the data's own posteriors
-        is the most a VampPrior can be: more components add nothing but cost)."""
+        """Refuse more pseudo-inputs than the training set holds images: the best a VampPrior can be is the
+        mixture of the training images' own posteriors (the aggregate posterior), so more add only cost."""
         if self.pseudo_inputs > train_images:
             raise VAEZooError(
                 f"the vamp prior has {self.pseudo_inputs} pseudo-inputs, more than the {train_images} training images: "
