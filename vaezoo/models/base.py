@@ -1,16 +1,24 @@
 """The ELBO machinery every variant inherits.
 
-For an image x with D pixels and a latent code z of size L, with encoder q(z | x), prior p(z) and
-decoder p(x | z), the evidence lower bound (Kingma & Welling 2014) is
+For an image x with D pixels and a latent code z, with encoder q(z | x), prior p(z) and decoder
+p(x | z), the evidence lower bound (Kingma & Welling 2014) is
 
     ELBO(x) = E_q[log p(x | z)] - KL(q(z | x) || p(z))  <=  log p(x)
 
-- q(z | x) = N(mu(x), diag(exp(logvar(x)))): the encoder outputs mu and logvar, shape (B, L).
+One forward pass, ``model(x, k)``, runs the parts in order, and needs no Trainer:
+
+    h = net.encoder(x)              # (B, 2D)
+    s = latent(h, k)                # k codes (k, B, D), the KL, log q(z | x) and log p(z) where they exist
+    params = net.decoder(s.z)       # the likelihood's parameters for each code
+    log_px = likelihood(params, x)  # (k, B); recon = -mean_k log_px
+
+- The latent (:mod:`vaezoo.latents`) is one Gaussian layer with a prior that is a part
+  (:mod:`vaezoo.priors`: N(0, I) with its analytic KL, KL_l = (mu_l^2 + exp(logvar_l) - 1 - logvar_l) / 2,
+  or a learned prior whose KL is estimated by sampling), or a variant's own (several layers, a codebook).
 - Reparameterisation: z = mu + exp(logvar / 2) * eps with eps ~ N(0, I), so gradients reach the
-  encoder through the sample. One sample per image estimates E_q[log p(x | z)].
-- p(z) = N(0, I), so the KL is analytic, per latent dimension:
-      KL_l = (mu_l^2 + exp(logvar_l) - 1 - logvar_l) / 2,   KL = sum_l KL_l.
-- recon = -log p(x | z), summed over pixels by the likelihood.
+  encoder through the sample. One sample per image estimates E_q[log p(x | z)] in training, unless
+  the variant's objective wants k (``train_samples``).
+- The objective (:meth:`VAE.objective`) turns the pass into per-image terms; the base minimises -ELBO.
 
 Units: every term is summed over pixels and latent dimensions and averaged over the batch, so all
 figures are in nats per image. Where the likelihood is a mass function over discrete pixels,
@@ -23,14 +31,16 @@ Importance-weighted bound (Burda et al. 2015), for the test NLL: with k samples 
 
 L_1 is the ELBO (with the KL estimated by sampling instead of analytically), L_k never decreases
 with k and tends to log p(x), so -L_k for a large k (1,000 by default) is the test NLL a paper
-reports. The log-weights and their log-sum-exp run in fp32.
+reports. The log-weights and their log-sum-exp run in fp32. A latent without log q(z | x) (VQ-VAE's
+point mass) has no such bound, and says why (``latent.iw_reason``).
 
 What is logged, under ``train/``, ``val/`` and ``test/``: ``loss`` (the minimised objective),
-``elbo`` (nats per image, higher is better), ``recon`` and ``kl`` (nats per image), and ``bpd``
-(bits per dimension) where the likelihood is discrete. Under ``val/`` and ``test/`` also
-``mse`` and ``psnr`` (dB) of the reconstructions on [0, 1] pixels, ``active_units`` (latent
-dimensions whose posterior mean varies over the data, Burda et al.), and, where importance samples
-are asked for, ``nll`` (nats per image) and ``nll_bpd``. Variants change only :meth:`VAE.loss`.
+``elbo`` (nats per image, higher is better, the true ELBO for every variant), ``recon`` and ``kl``
+(``kl_mc`` where estimated by sampling; nats per image), ``bpd`` (bits per dimension) where the
+likelihood is discrete, and the variant's and the latent's own terms. Under ``val/`` and ``test/``
+also ``mse`` and ``psnr`` (dB) of the reconstructions on [0, 1] pixels, ``active_units`` (latent
+units whose posterior mean varies over the data, Burda et al.), and, where importance samples are
+asked for, ``nll`` (nats per image) and ``nll_bpd``.
 """
 
 from __future__ import annotations
@@ -156,8 +166,9 @@ def _checkpoint_mismatch(detail: str) -> str:
 class VAE(L.LightningModule):
     """The VAE of Kingma & Welling (2014): minimise -ELBO = recon + KL, in nats per image.
 
-    The base class of every variant: it holds encoding, reparameterised sampling, the KL to the
-    N(0, I) prior, decoding and the likelihood. A variant overrides :meth:`loss` and adds its own
+    The base class of every variant: it holds the encoder and decoder (the net), the latent with its
+    prior and KL, the likelihood, and the ELBO. A variant overrides :meth:`objective` (or its short
+    form :meth:`loss`) and may choose another latent (:meth:`build_latent`); it adds its own
     hyperparameters.
 
     Args:
