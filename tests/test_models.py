@@ -9,6 +9,7 @@ from torch.distributions import Bernoulli as TorchBernoulli
 from torch.distributions import Normal, kl_divergence
 
 from vaezoo.errors import VAEZooError
+from vaezoo.models.base import Context
 from vaezoo.likelihoods import Bernoulli, DiscretizedLogistic
 from vaezoo.models import VAE, BetaVAE, DiagonalGaussian
 from vaezoo.registry import NETS, VARIANTS
@@ -97,25 +98,35 @@ def test_conv_net_names_the_shape_constraint() -> None:
 @pytest.mark.parametrize("net", NETS.names())
 @pytest.mark.parametrize("variant", VARIANTS.names())
 def test_every_variant_with_every_net(variant: str, net: str, shape: tuple[int, int, int]) -> None:
+    """Without a Trainer: the forward pass, the objective, gradients and every way of drawing, for any latent."""
     torch.manual_seed(0)
     likelihood = Bernoulli() if shape[0] == 1 else DiscretizedLogistic()
-    model = VARIANTS.get(variant)(net=NETS.get(net), latent_dim=6, likelihood=likelihood, image_shape=shape)
+    model = VARIANTS.get(variant)(net=NETS.get(net), likelihood=likelihood, image_shape=shape, iw_samples=None)
+    d = model.latent.code_dim
     x = torch.randint(0, 256, (3, *shape)).float() / 255
     if shape[0] == 1:
         x = x.bernoulli()
-    out = model(x)
-    loss = model.loss(out)
+    out = model(x, model.train_samples)
+    terms = model.objective(x, out, Context(dataset_size=1000))
+    loss = (terms["loss"] + sum(out.latent.extra.values())).mean()
     assert loss.dim() == 0 and torch.isfinite(loss)
-    assert out.elbo.shape == (3,) and out.kl_per_dim.shape == (3, 6)
+    assert out.elbo.shape == (3,) and out.latent.z.shape == (model.train_samples, 3, d)
+    assert out.kl_per_dim is None or out.kl_per_dim.shape == (3, model.latent.activity_dim)
+    assert set(model.objective_terms) <= set(terms) and set(model.latent.terms) <= {*out.latent.extra, *out.latent.stats}
     loss.backward()
-    grads = [p.grad for p in model.parameters()]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained if p.grad is not None)
+    assert all(p.grad is not None for p in model.net.parameters())
     assert model.sample(5).shape == (5, *shape)
     assert model.reconstruct(x).shape == x.shape
-    assert model.encode(x).mean.shape == (3, 6)
-    assert model.decode(torch.zeros(2, 6)).shape == (2, shape[0] * likelihood.params_per_channel, *shape[1:])
-    log_px = model.importance_log_likelihood(x, 4)  # the decoder probed, samples chunked, the likelihood broadcast
-    assert log_px.shape == (3,) and torch.isfinite(log_px).all()
+    assert model.code(x).shape == (3, d)
+    assert model.decode(torch.zeros(2, d)).shape == (2, shape[0] * likelihood.params_per_channel, *shape[1:])
+    if model.latent.iw_reason is None:
+        log_px = model.importance_log_likelihood(x, 4)  # the decoder probed, samples chunked, the likelihood broadcast
+        assert log_px.shape == (3,) and torch.isfinite(log_px).all()
+    else:
+        with pytest.raises(VAEZooError, match="no importance-weighted NLL"):
+            model.importance_log_likelihood(x, 4)
 
 
 def test_a_few_steps_of_adam_raise_the_elbo() -> None:

@@ -20,6 +20,9 @@ _EXPORTS = {
     "Likelihood": "vaezoo.likelihoods",
     "VAE": "vaezoo.models",
     "BetaVAE": "vaezoo.models",
+    "HVAE": "vaezoo.models",
+    "BetaTCVAE": "vaezoo.models",
+    "IWAE": "vaezoo.models",
     "DiagonalGaussian": "vaezoo.models",
     "VAEOutput": "vaezoo.models",
     "ConvNet": "vaezoo.nets",
@@ -34,11 +37,14 @@ _EXPORTS = {
 __all__ = [
     "VAE",
     "Bernoulli",
+    "BetaTCVAE",
     "BetaVAE",
     "ConvNet",
     "DiagonalGaussian",
     "DiscretizedLogistic",
     "Gaussian",
+    "HVAE",
+    "IWAE",
     "Likelihood",
     "MLPNet",
     "Net",
@@ -54,7 +60,7 @@ __all__ = [
 if TYPE_CHECKING:
     from vaezoo.errors import VAEZooError
     from vaezoo.likelihoods import Bernoulli, DiscretizedLogistic, Gaussian, Likelihood
-    from vaezoo.models import VAE, BetaVAE, DiagonalGaussian, VAEOutput
+    from vaezoo.models import VAE, BetaTCVAE, BetaVAE, DiagonalGaussian, HVAE, IWAE, VAEOutput
     from vaezoo.nets import ConvNet, MLPNet, Net
     from vaezoo.registry import register_dataset, register_likelihood, register_net, register_variant
 

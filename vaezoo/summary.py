@@ -22,6 +22,8 @@ import torch
 from lightning import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from vaezoo.registry import registered_name
+
 # name -> (format, unit); names without a unit here print with none.
 _UNITS: dict[str, tuple[str, str]] = {
     "elbo": ("{:.2f}", "nats per image (higher is better)"),
@@ -36,6 +38,12 @@ _UNITS: dict[str, tuple[str, str]] = {
     "psnr": ("{:.2f}", "dB"),
     "active_units": ("{:.0f}", "latent dimensions (Burda et al.'s active units)"),
     "fid": ("{:.2f}", "FID against the test images"),
+    "mi": ("{:.2f}", "nats per image, index-code mutual information, minibatch estimate (betatc)"),
+    "tc": ("{:.2f}", "nats per image, total correlation, minibatch estimate (betatc)"),
+    "dwkl": ("{:.2f}", "nats per image, dimension-wise KL, minibatch estimate (betatc)"),
+    "commitment": ("{:.4f}", "beta ||z_e - sg(e)||^2 per image, squared code units (vqvae)"),
+    "perplexity": ("{:.1f}", "exp(entropy) of the codes a batch uses, at most K (vqvae)"),
+    "used_codes": ("{:.1f}", "distinct codes a batch uses, at most K (vqvae)"),
 }
 _ORDER = ("elbo", "nll", "bpd", "nll_bpd", "recon", "kl", "kl_mc", "loss", "mse", "psnr", "active_units", "fid")
 
@@ -44,8 +52,17 @@ def _value(value: object) -> float:
     return float(value.item()) if isinstance(value, torch.Tensor) else float(value)  # type: ignore[arg-type]
 
 
+def _unit(name: str) -> tuple[str, str]:
+    """Format and unit of a figure; a variant's KL parts (``kl_z1``, ...) are nats per image like the KL."""
+    if name in _UNITS:
+        return _UNITS[name]
+    if name.startswith("kl_"):
+        return "{:.2f}", "nats per image"
+    return "{:.6g}", ""
+
+
 def _fmt(name: str, value: float) -> str:
-    fmt = _UNITS.get(name, ("{:.6g}", ""))[0]
+    fmt = _unit(name)[0]
     return fmt.format(value) if math.isfinite(value) else str(value)
 
 
@@ -63,7 +80,7 @@ def metrics_table(metrics: Mapping[str, object], stage: str, k: int | None) -> s
     width = max((len(label) for label in labels.values()), default=0)
     values = {n: _fmt(n, figures[n]) for n in names}
     value_width = max((len(v) for v in values.values()), default=0)
-    return "\n".join(f"  {labels[n]:<{width}}  {values[n]:>{value_width}}  {_UNITS.get(n, ('', ''))[1]}".rstrip()
+    return "\n".join(f"  {labels[n]:<{width}}  {values[n]:>{value_width}}  {_unit(n)[1]}".rstrip()
                      for n in names)
 
 
@@ -79,6 +96,11 @@ def eval_summary(trainer: Trainer, stage: str, ckpt_path: str | None, k: int | N
     data = getattr(datamodule, "name", type(datamodule).__name__) if datamodule is not None else "the data"
     lines = [f"vaezoo {'test' if stage == 'test' else 'validate'}: {ckpt_path} on the {data} {split} split ({part})",
              metrics_table(trainer.callback_metrics, stage, k)]
+    model = trainer.lightning_module
+    reason = getattr(getattr(model, "latent", None), "iw_reason", None)
+    if stage == "test" and reason:  # a latent without log q(z | x) (VQ-VAE): say why there is no NLL
+        variant = registered_name(f"{type(model).__module__}.{type(model).__qualname__}")
+        lines.append(f"  test/nll  n/a  ({variant}: {reason})")
     if run_folder is not None:
         lines.append(f"  figures saved in {run_folder}")
     return "\n".join(lines)

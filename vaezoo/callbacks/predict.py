@@ -51,6 +51,7 @@ from torchvision.utils import save_image
 
 from vaezoo.errors import VAEZooError
 from vaezoo.io import atomic_write
+from vaezoo.latents.gaussian import GaussianLatent
 from vaezoo.models.base import VAE
 
 Task = Literal["generate", "reconstruct", "encode", "decode"]
@@ -292,7 +293,13 @@ class PredictionWriter(L.Callback):
     # ----- checks ----------------------------------------------------------------------------------------
 
     def _check_inputs(self, pl_module: VAE) -> str | None:
-        """The first problem with the output folder or the codes file, as a user-facing message."""
+        """The first problem with the model, the output folder or the codes file, as a user-facing message."""
+        if "encode" in self.tasks and not isinstance(pl_module.latent, GaussianLatent):
+            return (
+                f"the encode task writes a one-layer Gaussian posterior (mean, logvar), but this model's latent is a "
+                f"{type(pl_module.latent).__name__} ({type(pl_module).__name__}). Drop encode from {_OPT}.tasks, e.g. "
+                f'"[generate, reconstruct]"; in Python, model(x).latent.posterior holds its codes.'
+            )
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             probe = self.output_dir / f".probe.{secrets.token_hex(4)}"

@@ -12,7 +12,7 @@ Three kinds share this one interface, so the model, its objectives, pictures, pr
 importance-weighted NLL need no case for any of them:
 
 - one Gaussian layer with a prior that is a part (``normal``, ``mog``, ``vamp``): ``latents/gaussian.py``;
-- several stochastic layers, top one first (hierarchical VAEs): ``latents/hierarchical.py``;
+- several stochastic layers, the decoder's own first (hierarchical VAEs, bottom-up inference): ``latents/hierarchical.py``;
 - a discrete code of codebook indices (VQ-VAE): ``latents/vq.py``. Its posterior is a point mass, so
   ``log q`` does not exist and the importance-weighted NLL does not apply (:attr:`Latent.iw_reason`).
 """

@@ -2,5 +2,9 @@
 
 from vaezoo.models.base import VAE, DiagonalGaussian, VAEOutput
 from vaezoo.models.beta import BetaVAE
+from vaezoo.models.betatc import BetaTCVAE
+from vaezoo.models.hierarchical import HVAE
+from vaezoo.models.iwae import IWAE
+from vaezoo.models.vqvae import VQVAE
 
-__all__ = ["VAE", "BetaVAE", "DiagonalGaussian", "VAEOutput"]
+__all__ = ["VAE", "BetaVAE", "BetaTCVAE", "IWAE", "HVAE", "VQVAE", "DiagonalGaussian", "VAEOutput"]
