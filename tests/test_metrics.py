@@ -1,6 +1,7 @@
 """Importance-weighted NLL (Burda et al. 2015) and the posterior-collapse diagnostics."""
 
 import math
+import time
 from functools import partial
 
 import pytest
@@ -151,6 +152,53 @@ def test_iw_chunks_keep_a_conv_decoders_activations_near_the_cpu_caches(monkeypa
     widest = 16 * 28 * 28  # the last transposed conv's output per code, (16, 28, 28)
     assert max(rows_seen) * widest <= max(importance.CPU_ACTIVATION_BUDGET, 6 * widest)
     assert sum(rows_seen) == 100 * 6  # every sample of every image decoded once
+
+
+@pytest.fixture
+def two_threads():
+    """torch at 2 threads (the machines this concerns have several cores), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("busy", [True, False], ids=["busy cores: one thread", "idle cores: all threads"])
+def test_thread_choice_runs_the_chunks_with_the_faster_thread_count(busy: bool, two_threads) -> None:
+    # On busy cores, threads that wait for each other at every op made the MNIST test NLL take 8 minutes
+    # instead of 1.5; one thread keeps its speed. The chunk here is faster with one thread iff busy.
+    seen: list[tuple[int, int]] = []
+
+    def chunk(i: int) -> None:
+        threads = torch.get_num_threads()
+        seen.append((i, threads))
+        time.sleep(0.05 if (threads > 1) == busy else 0.001)
+
+    choice = importance.ThreadChoice()
+    choice.run(6, chunk)
+    faster = 1 if busy else 2
+    assert [i for i, _ in seen] == list(range(6))  # every chunk once, in order
+    assert [t for i, t in seen[1:3]] == [1, 2]  # the two timed chunks
+    assert [t for _, t in seen[3:]] == [faster] * 3 and torch.get_num_threads() == 2
+    seen.clear()
+    choice.run(2, chunk)  # within recheck_seconds: no new measurement
+    assert seen == [(0, faster), (1, faster)] and torch.get_num_threads() == 2
+
+
+def test_iw_with_one_thread_gives_the_same_estimate_and_restores_the_threads(two_threads, monkeypatch) -> None:
+    model = VAE(latent_dim=4)
+    x = _batch(4)
+    monkeypatch.setattr(importance, "MAX_ROWS_PER_CHUNK", 8)  # 2 samples per chunk, 25 chunks
+    monkeypatch.setattr(importance, "THREADS", importance.ThreadChoice(recheck_seconds=math.inf))
+    importance.THREADS.threads, importance.THREADS.measured_at = 2, time.monotonic()
+    torch.manual_seed(5)
+    many = model.importance_log_likelihood(x, 50)
+    importance.THREADS.threads = 1
+    threads_seen = []
+    model.net.decoder.register_forward_pre_hook(lambda module, args: threads_seen.append(torch.get_num_threads()))
+    torch.manual_seed(5)
+    torch.testing.assert_close(model.importance_log_likelihood(x, 50), many)
+    assert set(threads_seen) == {1} and torch.get_num_threads() == 2
 
 
 def test_iw_logsumexp_is_fp32_under_bf16_autocast() -> None:
