@@ -175,11 +175,11 @@ def test_thread_choice_runs_the_chunks_with_the_faster_thread_count(busy: bool, 
         time.sleep(0.05 if (threads > 1) == busy else 0.001)
 
     choice = importance.ThreadChoice()
-    choice.run(6, chunk)
+    choice.run(8, chunk)
     faster = 1 if busy else 2
-    assert [i for i, _ in seen] == list(range(6))  # every chunk once, in order
-    assert [t for i, t in seen[1:3]] == [1, 2]  # the two timed chunks
-    assert [t for _, t in seen[3:]] == [faster] * 3 and torch.get_num_threads() == 2
+    assert [i for i, _ in seen] == list(range(8))  # every chunk once, in order
+    assert [t for _, t in seen[1:5]] == [1, 2, 1, 2]  # the timed chunks
+    assert [t for _, t in seen[5:]] == [faster] * 3 and torch.get_num_threads() == 2
     seen.clear()
     choice.run(2, chunk)  # within recheck_seconds: no new measurement
     assert seen == [(0, faster), (1, faster)] and torch.get_num_threads() == 2
@@ -190,10 +190,10 @@ def test_iw_with_one_thread_gives_the_same_estimate_and_restores_the_threads(two
     x = _batch(4)
     monkeypatch.setattr(importance, "MAX_ROWS_PER_CHUNK", 8)  # 2 samples per chunk, 25 chunks
     monkeypatch.setattr(importance, "THREADS", importance.ThreadChoice(recheck_seconds=math.inf))
-    importance.THREADS.threads, importance.THREADS.measured_at = 2, time.monotonic()
+    importance.THREADS.single, importance.THREADS.measured_at = False, time.monotonic()  # as if measured
     torch.manual_seed(5)
     many = model.importance_log_likelihood(x, 50)
-    importance.THREADS.threads = 1
+    importance.THREADS.single = True
     threads_seen = []
     model.net.decoder.register_forward_pre_hook(lambda module, args: threads_seen.append(torch.get_num_threads()))
     torch.manual_seed(5)

@@ -23,6 +23,7 @@ _EXPORTS = {
     "HVAE": "vaezoo.models",
     "BetaTCVAE": "vaezoo.models",
     "IWAE": "vaezoo.models",
+    "VQVAE": "vaezoo.models",
     "DiagonalGaussian": "vaezoo.models",
     "VAEOutput": "vaezoo.models",
     "ConvNet": "vaezoo.nets",
@@ -50,6 +51,7 @@ __all__ = [
     "Net",
     "VAEOutput",
     "VAEZooError",
+    "VQVAE",
     "__version__",
     "register_dataset",
     "register_likelihood",
@@ -60,7 +62,7 @@ __all__ = [
 if TYPE_CHECKING:
     from vaezoo.errors import VAEZooError
     from vaezoo.likelihoods import Bernoulli, DiscretizedLogistic, Gaussian, Likelihood
-    from vaezoo.models import VAE, BetaTCVAE, BetaVAE, DiagonalGaussian, HVAE, IWAE, VAEOutput
+    from vaezoo.models import VAE, BetaTCVAE, BetaVAE, DiagonalGaussian, HVAE, IWAE, VAEOutput, VQVAE
     from vaezoo.nets import ConvNet, MLPNet, Net
     from vaezoo.registry import register_dataset, register_likelihood, register_net, register_variant
 

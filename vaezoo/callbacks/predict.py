@@ -294,7 +294,10 @@ class PredictionWriter(L.Callback):
 
     def _check_inputs(self, pl_module: VAE) -> str | None:
         """The first problem with the model, the output folder or the codes file, as a user-facing message."""
-        if "encode" in self.tasks and not isinstance(pl_module.latent, GaussianLatent):
+        # encode writes q(z | x) as (mean, logvar): one Gaussian layer, or a variant whose encode() gives the
+        # Gaussian posterior of the decoder's code (hvae: q(z1 | x)).
+        gaussian = isinstance(pl_module.latent, GaussianLatent) or type(pl_module).encode is not VAE.encode
+        if "encode" in self.tasks and not gaussian:
             return (
                 f"the encode task writes a one-layer Gaussian posterior (mean, logvar), but this model's latent is a "
                 f"{type(pl_module.latent).__name__} ({type(pl_module).__name__}). Drop encode from {_OPT}.tasks, e.g. "

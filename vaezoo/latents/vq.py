@@ -35,7 +35,9 @@ starts at N = 0, S = 0, so the first training step puts every code on an encoder
 codebook is initialised from the data.
 
 All of this happens only in training mode (``model.train()``); evaluation only reads the codebook.
-The statistics, updated in fp32, are buffers: they travel in checkpoints.
+The statistics, updated in fp32, are buffers: they travel in checkpoints. A batch holding a non-finite
+vector (on any process) leaves them as they were, so a batch the non-finite guard skips cannot poison
+the codebook for every later one.
 
 Several processes (DDP): every process adds its n_k and s_k to the others' with one
 ``torch.distributed.all_reduce`` per training step (when ``torch.distributed`` is initialised with
@@ -101,8 +103,9 @@ class VQLatent(Latent):
             )
         if commitment < 0 or not 0 <= decay < 1 or dead_code_threshold < 0 or eps <= 0:
             raise VAEZooError(
-                f"vqvae needs commitment >= 0, 0 <= decay < 1, dead_code_threshold >= 0 and eps > 0; got {commitment}, "
-                f"{decay}, {dead_code_threshold} and {eps}. The paper's values: --model.commitment 0.25 --model.decay 0.99."
+                f"vqvae needs commitment >= 0, 0 <= decay < 1, dead_code_threshold >= 0 and eps > 0; got "
+                f"{commitment}, {decay}, {dead_code_threshold} and {eps}. The paper's values: --model.commitment 0.25 "
+                "--model.decay 0.99."
             )
         self.code_dim = self.activity_dim = code_dim
         self.codes, self.code_size, self.vectors = codes, code_size, code_dim // code_size  # K, d, M

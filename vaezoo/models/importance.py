@@ -12,13 +12,13 @@ at k = 1,000 decodes 10^7 codes. What this module keeps from adding to it:
   k times, and without ``log1p`` (``binary_cross_entropy_with_logits`` and ``softplus`` call it, and
   on CPUs PyTorch runs it one element at a time, ~10 ns each, slower than the decoder's matmuls).
 - The log-weights go into one preallocated ``(k, B)`` fp32 tensor, reduced by one logsumexp.
-- On a CPU, the chunks run with torch's threads or with one thread, whichever a timed chunk of
-  each says is faster right now (:class:`ThreadChoice`). Every op of a chunk ends at a barrier
-  where the threads wait for each other; while other processes keep the cores busy, a waiting
-  thread spins through the time slice its partner needs, and each op costs tens of milliseconds
-  instead of one: ``vaezoo test`` on a busy 2-core machine took 8 minutes instead of 1.5. One
-  thread never waits, so it keeps its own speed however busy the machine is; on idle cores the
-  threads are faster. The choice does not change the result: the ops give the same bits either way.
+- On a CPU, the chunks run with torch's threads or with one thread, whichever timed chunks say is
+  faster right now (:class:`ThreadChoice`). Every op of a chunk ends at a barrier where the
+  threads wait for each other; while other processes keep the cores busy, a waiting thread spins
+  through the time slice its partner needs, and an op of a millisecond takes tens: ``vaezoo test``
+  on a busy 2-core machine took 8 minutes where idle cores take under 2. One thread never waits,
+  so it keeps its own speed however busy the machine is; on idle cores the threads are faster. The
+  choice does not change the result (bit for bit with the MLP and conv nets on the CPU tested).
 """
 
 from __future__ import annotations
@@ -83,37 +83,34 @@ def log_likelihood(
 
 class ThreadChoice:
     """Runs equal chunks of CPU work with torch's thread count or with one thread, whichever is
-    faster right now, measured again once the last measurement is ``recheck_seconds`` old (see the
-    module's docstring).
+    faster right now (see the module's docstring).
 
-    A measurement times one chunk with one thread and one with all of them, after an untimed chunk
-    that warms the caches up, in the first call of at least 4 chunks. torch's thread count is
-    restored after every call.
+    A measurement times two chunks with one thread and two with all of them, alternately, after an
+    untimed chunk that warms the caches up, and keeps the faster count (by the best of each). It is
+    made in the first call of at least 6 chunks, and again once the last one is ``recheck_seconds``
+    old, as the machine's load changes. torch's thread count is restored after every call.
 
     Args:
-        recheck_seconds: How long a measurement holds: the machine's load changes.
+        recheck_seconds: How long a measurement holds.
     """
 
     def __init__(self, recheck_seconds: float = 10.0) -> None:
         self.recheck_seconds = recheck_seconds
-        self.threads: int | None = None  # the faster count at the last measurement
+        self.single = False  # whether one thread was the faster at the last measurement
         self.measured_at = -math.inf
 
     def run(self, n: int, chunk: Callable[[int], None]) -> None:
         """Call ``chunk(0)``, ..., ``chunk(n - 1)``, in order."""
         most = torch.get_num_threads()
-        stale = time.monotonic() - self.measured_at > self.recheck_seconds
-        if most == 1 or (stale and n < 4):
-            for i in range(n):
-                chunk(i)
-            return
         first = 0
         try:
-            if stale:
+            if most > 1 and n >= 6 and time.monotonic() - self.measured_at > self.recheck_seconds:
                 chunk(0)
-                single, multi = self._time(1, chunk, 1), self._time(most, chunk, 2)
-                self.threads, self.measured_at, first = (1 if single < multi else most), time.monotonic(), 3
-            torch.set_num_threads(min(self.threads or most, most))
+                times: dict[int, list[float]] = {1: [], most: []}
+                for i, threads in enumerate((1, most, 1, most), start=1):
+                    times[threads].append(self._time(threads, chunk, i))
+                self.single, self.measured_at, first = min(times[1]) < min(times[most]), time.monotonic(), 5
+            torch.set_num_threads(1 if self.single else most)
             for i in range(first, n):
                 chunk(i)
         finally:
