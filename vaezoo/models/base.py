@@ -49,6 +49,7 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -98,17 +99,17 @@ class VAEOutput:
     def k(self) -> int:
         return self.log_px.shape[0]
 
-    @property
+    @cached_property  # computed once per pass: the step reads it several times
     def recon(self) -> Tensor:
         """-E_q[log p(x | z)], ``(B,)``: the k codes' mean."""
-        return -self.log_px.mean(0)
+        return -(self.log_px[0] if self.log_px.shape[0] == 1 else self.log_px.mean(0))
 
     @property
     def kl(self) -> Tensor:
         """KL(q(z | x) || p(z)), ``(B,)`` nats per image (analytic or estimated: ``latent.kl_analytic``)."""
         return self.latent.kl
 
-    @property
+    @cached_property
     def elbo(self) -> Tensor:
         """The evidence lower bound, ``(B,)`` nats per image."""
         return -(self.recon + self.kl)
