@@ -120,7 +120,7 @@ def test_model_without_data_asks_for_a_dataset(args: list[str], expected: str, d
         (["--data.batch_sise", "3"], "Option 'batch_sise' is not accepted. Did you mean 'batch_size'?"),
         (["--model.net.hidden_dimz", "[3]"], "Option 'hidden_dimz' is not accepted. Got value: "),
         (["--model.optimizer.lrr", "0.1"], "Did you mean 'lr'?"),
-        (["--model.beta", "4"], "'beta' is an option of: beta (variant); choose one first (e.g. --model beta)."),
+        (["--model.beta", "4"], "'beta' is an option of: beta (variant), betatc (variant); choose one first"),
     ],
 )
 def test_unknown_key_is_named_with_a_close_match(args: list[str], expected: str, data: Path, capsys) -> None:
