@@ -52,14 +52,14 @@ PROBE = '''
 """A batch recorder and a VAE whose noise does not depend on which process holds an image."""
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch import Tensor
 
-from vaezoo.models.base import VAE, DiagonalGaussian
+from vaezoo.latents.gaussian import DiagonalGaussian, GaussianLatent
+from vaezoo.models.base import VAE
 
 
 class RecordBatches(L.Callback):
@@ -83,14 +83,14 @@ class RecordBatches(L.Callback):
         path.write_text(json.dumps({"world_size": trainer.world_size, **self.seen}))
 
 
-@dataclass
 class KeyedGaussian(DiagonalGaussian):
     """q(z | x) whose eps for image i comes from a generator seeded by (step, key_i)."""
 
-    keys: Tensor = None  # (B,) int64, on the CPU
-    step: int = 0
+    def __init__(self, mean: Tensor, logvar: Tensor, keys: Tensor, step: int) -> None:
+        super().__init__(mean, logvar)
+        self.keys, self.step = keys, step  # (B,) int64 on the CPU, the global step
 
-    def rsample(self, k=None):
+    def rsample(self, k=None, generator=None):
         n, latent = 1 if k is None else k, self.mean.shape[1]
         eps = torch.stack([
             torch.randn(n, latent, generator=torch.Generator().manual_seed(self.step * 1_000_003 + key))
@@ -99,22 +99,30 @@ class KeyedGaussian(DiagonalGaussian):
         return self.mean + torch.exp(0.5 * self.logvar) * (eps[0] if k is None else eps)
 
 
+class KeyedLatent(GaussianLatent):
+    """The Gaussian latent, with the keyed posterior while a batch's keys are set."""
+
+    keys = None
+    step = 0
+
+    def posterior(self, h):
+        q = super().posterior(h)
+        return q if self.keys is None else KeyedGaussian(q.mean, q.logvar, self.keys, self.step)
+
+
 class KeyedNoiseVAE(VAE):
     """The vanilla VAE, but an image's eps ~ N(0, I) is drawn from its label (here its index) and the
     step, not from the process's RNG stream: the same draw whichever process and batch slot hold it."""
 
-    _keys = None
+    def build_latent(self, latent_dim, prior):
+        return KeyedLatent(latent_dim, prior)
 
     def _step(self, batch, stage):
-        self._keys = batch[1].cpu()
+        self.latent.keys, self.latent.step = batch[1].cpu(), self.global_step
         try:
             return super()._step(batch, stage)
         finally:
-            self._keys = None
-
-    def encode(self, x):
-        q = super().encode(x)
-        return q if self._keys is None else KeyedGaussian(q.mean, q.logvar, self._keys, self.global_step)
+            self.latent.keys = None
 '''
 
 
