@@ -40,9 +40,10 @@ def mixture_sample(n: int, means: Tensor, logvars: Tensor, log_weights: Tensor,
 
 @register_prior("mog")
 class MixturePrior(Prior):
-    """p(z) = sum_k w_k N(z; m_k, diag(s_k^2)), with K components whose means, variances and (optionally)
-    weights are learned with the model. The KL from the posterior has no closed form: it is estimated
-    by sampling.
+    """A mixture of K Gaussians with learned means, variances and weights: p(z) = sum_k w_k N(m_k, diag(s_k^2)).
+
+    The means, variances and (optionally) weights are learned with the model. The KL from the
+    posterior has no closed form: it is estimated by sampling (logged as ``kl_mc``).
 
     Args:
         components: K, the number of mixture components.

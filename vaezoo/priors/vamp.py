@@ -17,8 +17,10 @@ from vaezoo.registry import register_prior
 
 @register_prior("vamp")
 class VampPrior(Prior):
-    """p(z) = (1/K) sum_k q(z | u_k): the encoder's posteriors of K pseudo-inputs u_k, images learned with
-    the model (Tomczak & Welling 2018; 500 pseudo-inputs on MNIST in the paper). The KL from the
+    """The VampPrior of Tomczak & Welling (2018): the mixture of the encoder's posteriors of K learned pseudo-inputs.
+
+    p(z) = (1/K) sum_k q(z | u_k), with the pseudo-inputs u_k images learned with the model (500 on
+    MNIST in the paper). The KL from the
     posterior has no closed form: it is estimated by sampling. Every training step encodes the K
     pseudo-inputs once.
 
