@@ -173,3 +173,25 @@ def test_learned_priors_train_through_the_cli_and_log_a_sampled_kl(prior: str, c
     assert "val/kl_mc" in header and "val/kl" not in header
     state = torch.load("runs/mnist_mlp/version_0/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     assert any(key.startswith("latent.prior.") for key in state)  # learned: its parameters travel
+
+
+def test_the_test_nll_encodes_the_vamp_pseudo_inputs_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+
+    from vaezoo.models import importance
+
+    torch.manual_seed(0)
+    model = VAE(latent_dim=2, prior=VampPrior(pseudo_inputs=5), iw_samples=None).eval()
+    prior = model.latent.prior
+    calls = []
+    encode = prior._encode
+    prior._encode = lambda u: calls.append(len(u)) or encode(u)
+    monkeypatch.setattr(importance, "chunk_rows", lambda *args, **kwargs: 6)  # 2 samples of 3 images per chunk
+    x = torch.rand(3, 1, 28, 28)
+    torch.manual_seed(1)
+    cached = model.importance_log_likelihood(x, 20)
+    assert calls == [5]  # once, not once per chunk (10 chunks)
+    monkeypatch.setattr(prior, "fixed", contextlib.nullcontext)
+    torch.manual_seed(1)
+    torch.testing.assert_close(model.importance_log_likelihood(x, 20), cached)
+    assert len(calls) == 1 + 10

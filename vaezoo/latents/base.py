@@ -19,6 +19,7 @@ importance-weighted NLL need no case for any of them:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +117,10 @@ class Latent(nn.Module):
     def kl_analytic(self) -> bool:
         """Whether the KL is computed in closed form (logged as ``kl``) or estimated by sampling (``kl_mc``)."""
         return True
+
+    def fixed(self) -> contextlib.AbstractContextManager[None]:
+        """A context in which nothing trains (the test NLL's many draws): parts may compute shared terms once."""
+        return contextlib.nullcontext()
 
     def check(self) -> None:
         """Fail at start-up when a part breaks its contract (a prior plugin's shapes); nothing by default."""

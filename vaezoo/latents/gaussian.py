@@ -8,6 +8,7 @@ for the learned priors (``mog``, ``vamp``), whose pair with a Gaussian has no cl
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -100,6 +101,9 @@ class GaussianLatent(Latent):
     @property
     def kl_analytic(self) -> bool:
         return self.prior.analytic_kl
+
+    def fixed(self) -> contextlib.AbstractContextManager[None]:
+        return self.prior.fixed()
 
     def check(self) -> None:
         self.prior.check()

@@ -369,7 +369,8 @@ class VAE(L.LightningModule):
             s = self.latent(h, c, log_weights=True)
             return s.z, s.log_p - s.log_q
 
-        return importance.log_likelihood(draw, self.decode, self.likelihood, x, k, rows)
+        with self.latent.fixed():  # e.g. the VampPrior's K pseudo-inputs encoded once, not once per chunk
+            return importance.log_likelihood(draw, self.decode, self.likelihood, x, k, rows)
 
     def bits_per_dim(self, nats: Tensor) -> Tensor:
         """Converts nats per image to bits per dimension (divide by D ln 2, D = C * H * W)."""

@@ -12,6 +12,7 @@ estimated from the posterior's own samples, ``log q(z | x) - log p(z)`` (Monte C
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -60,6 +61,11 @@ class Prior(nn.Module):
         """KL(N(mean, exp(logvar)) || p) per code dimension ``(B, L)`` in nats, for priors with
         ``analytic_kl``; the others' KL is estimated by sampling."""
         raise NotImplementedError
+
+    def fixed(self) -> contextlib.AbstractContextManager[None]:
+        """A context in which the prior's parameters do not change (evaluation under ``no_grad``): a prior that
+        computes its density from other parts (the VampPrior, from the encoder) may compute that once."""
+        return contextlib.nullcontext()
 
     def check_data(self, train_images: int) -> None:
         """Refuse a prior that cannot be fitted to a training set of ``train_images`` images (the VampPrior

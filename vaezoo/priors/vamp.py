@@ -3,8 +3,9 @@ learned pseudo-inputs, p(z) = (1/K) sum_k q(z | u_k)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +42,7 @@ class VampPrior(Prior):
         self.init_mean = init_mean
         self.init_std = init_std
         self._encode: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None
+        self._fixed: tuple[Tensor, Tensor] | None = None  # the components, inside fixed()
 
     def bind(self, latent_dim, image_shape, encode) -> None:  # noqa: ANN001 (see Prior.bind)
         super().bind(latent_dim, image_shape, encode)
@@ -50,7 +52,22 @@ class VampPrior(Prior):
     def components(self) -> tuple[Tensor, Tensor]:
         """The K posteriors of the pseudo-inputs: means and log-variances, ``(K, L)`` each."""
         assert self._encode is not None, "VampPrior.bind() was not called (the model does it)"
+        if self._fixed is not None:
+            return self._fixed
         return self._encode(nn.functional.hardtanh(self.u, 0.0, 1.0))
+
+    @contextlib.contextmanager
+    def fixed(self) -> Iterator[None]:
+        """Encode the K pseudo-inputs once for the whole context (the test NLL calls log_prob once per chunk
+        of samples: K encoder passes each time otherwise). Only without gradients: nothing trains inside."""
+        if torch.is_grad_enabled() or self._fixed is not None:
+            yield
+            return
+        self._fixed = self.components()
+        try:
+            yield
+        finally:
+            self._fixed = None
 
     def log_prob(self, z: Tensor) -> Tensor:
         means, logvars = self.components()
