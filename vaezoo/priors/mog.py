@@ -16,10 +16,17 @@ _LOG_2PI = math.log(2 * math.pi)
 
 def mixture_log_prob(z: Tensor, means: Tensor, logvars: Tensor, log_weights: Tensor) -> Tensor:
     """log sum_k w_k N(z; m_k, diag(exp(v_k))): ``z (..., L)``, ``means, logvars (K, L)``,
-    ``log_weights (K,)`` (normalised) -> ``(...)``, fp32."""
-    z = z.float().unsqueeze(-2)  # (..., 1, L)
+    ``log_weights (K,)`` (normalised) -> ``(...)``, fp32.
+
+    The squared distances sum_l (z_l - m_kl)^2 / s_kl^2 are expanded into three matrix products,
+    z^2 (1/s^2)^T - 2 z (m/s^2)^T + sum_l m^2/s^2, so that no ``(..., K, L)`` tensor is made: the test NLL
+    scores thousands of codes per chunk against the VampPrior's 500 components.
+    """
+    z = z.float()
     means, logvars = means.float(), logvars.float()
-    log_n = -0.5 * ((z - means).pow(2) * torch.exp(-logvars) + logvars + _LOG_2PI).sum(-1)  # (..., K)
+    precision = torch.exp(-logvars)  # (K, L)
+    squared = z.pow(2) @ precision.T - 2 * (z @ (means * precision).T) + (means.pow(2) * precision).sum(-1)
+    log_n = -0.5 * (squared + logvars.sum(-1) + means.shape[-1] * _LOG_2PI)  # (..., K)
     return torch.logsumexp(log_n + log_weights.float(), dim=-1)
 
 
