@@ -76,6 +76,12 @@ def search_places(trainer: Namespace) -> list[str]:
     return [*places, os.path.join(str(instance.save_dir or root), str(instance.name or ""), "*", "checkpoints")]
 
 
+def run_folder_of(path: Path) -> Path | None:
+    """``<run>/`` for a checkpoint ``<run>/checkpoints/x.ckpt`` with the run's ``config.yaml`` beside, else None."""
+    run = path.parent.parent
+    return run if path.parent.name == "checkpoints" and (run / "config.yaml").is_file() else None
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A checkpoint on disk and the run that wrote it."""
@@ -84,9 +90,7 @@ class Candidate:
 
     @property
     def run_folder(self) -> Path | None:
-        """``<run>/`` for ``<run>/checkpoints/x.ckpt`` with a ``config.yaml`` beside, else None."""
-        run = self.path.parent.parent
-        return run if self.path.parent.name == "checkpoints" and (run / "config.yaml").is_file() else None
+        return run_folder_of(self.path)
 
     @property
     def shown(self) -> str:
@@ -105,8 +109,8 @@ class Candidate:
 
 def settings_of(path: Path) -> dict[str, Any] | None:
     """The settings a checkpoint was trained with: its run's ``config.yaml``, else its own hyperparameters."""
-    run = path.parent.parent
-    if path.parent.name == "checkpoints" and (run / "config.yaml").is_file():
+    run = run_folder_of(path)
+    if run is not None:
         try:
             config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError):

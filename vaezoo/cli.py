@@ -171,7 +171,7 @@ class VAEZooCLI(LightningCLI):
 
     def _use_run_data(self, config: Namespace, ckpt: Path) -> None:
         """Replace the data config and seed by those of the run of ``ckpt`` (keeping where the data lies)."""
-        run = checkpoints.Candidate(ckpt).run_folder
+        run = checkpoints.run_folder_of(ckpt)
         saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) if run else None
         if not isinstance(saved, dict):
             return

@@ -88,10 +88,6 @@ class GaussianLatent(Latent):
             finite_parts={"posterior mean": q.mean, "posterior logvar": q.logvar},
         )
 
-    def log_weights(self, h: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
-        """log q(z | x) and log p(z) of given codes ``(k, B, L)``: ``(k, B)`` each, fp32."""
-        return self.posterior(h).log_prob(z), self.prior.log_prob(z)
-
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return self.prior.sample(n, generator)
 

@@ -71,13 +71,15 @@ class VampPrior(Prior):
 
     def log_prob(self, z: Tensor) -> Tensor:
         means, logvars = self.components()
-        uniform = torch.full((self.pseudo_inputs,), -math.log(self.pseudo_inputs), device=means.device)
-        return mixture_log_prob(z, means, logvars, uniform)
+        return mixture_log_prob(z, means, logvars, self._uniform(means.device))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         means, logvars = self.components()
-        uniform = torch.full((self.pseudo_inputs,), -math.log(self.pseudo_inputs), device=means.device)
-        return mixture_sample(n, means, logvars, uniform, generator)
+        return mixture_sample(n, means, logvars, self._uniform(means.device), generator)
+
+    def _uniform(self, device: torch.device) -> Tensor:
+        """The mixture's log-weights ``(K,)``: log(1/K) each."""
+        return torch.full((self.pseudo_inputs,), -math.log(self.pseudo_inputs), device=device)
 
     def check_data(self, train_images: int) -> None:
         """Refuse more pseudo-inputs than the training set holds images: the best a VampPrior can be is the
