@@ -51,10 +51,10 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
+from epoch_vs_bare import mnist_root  # benchmarks/ is sys.path[0] when a script here runs
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"  # read-only: MNIST/raw/*.gz is copied to a temp root
-MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-               "t10k-labels-idx1-ubyte.gz")
 TEST_IMAGES, FULL_K = 10_000, 1000
 
 
@@ -159,18 +159,6 @@ def run_cli(recipe: Recipe, root: Path, ckpt: Path, k: int, n_batches: int, work
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     return EvalTimer.results.pop()
-
-
-def mnist_root(data_dir: Path, workdir: Path) -> Path:
-    """A writable root holding a copy of the official MNIST .gz files (vaezoo extracts them there)."""
-    root = workdir / "data"
-    (root / "MNIST" / "raw").mkdir(parents=True)
-    for name in MNIST_FILES:
-        src = data_dir / "MNIST" / "raw" / name
-        if not src.is_file():
-            raise SystemExit(f"{src} is missing: pass --data-dir to a folder holding MNIST/raw/*.gz.")
-        shutil.copyfile(src, root / "MNIST" / "raw" / name)
-    return root
 
 
 def binarised_test_images(root: Path, n: int) -> Tensor:

@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from epoch_vs_bare import mnist_root  # benchmarks/ is sys.path[0] when a script here runs
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -37,15 +38,6 @@ MODELS: dict[str, tuple[str, list[str], float, str]] = {
              "Tomczak & Welling 2018, VampPrior, 1 layer"),
     "hvae": ("mnist_hvae.yaml", [], 85.33, "Burda et al. 2015, VAE, 2 layers, k=1"),
 }
-
-
-def _prepare_data(source: Path, target: Path) -> None:
-    """Copy the official MNIST files: torchvision extracts them beside themselves, and ../shared is read-only."""
-    raw = target / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for f in (source / "MNIST" / "raw").glob("*-ubyte*"):
-        if not (raw / f.name).exists():
-            shutil.copy(f, raw / f.name)
 
 
 def _run(args: list[str], cwd: Path, log: Path) -> float:
@@ -76,7 +68,8 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="zoo_nll_"))
     work.mkdir(parents=True, exist_ok=True)
-    _prepare_data(args.data, work / "data")
+    if not (work / "data").exists():  # a copy of the official files: ../shared is read-only
+        mnist_root(args.data, work)
     import torch
 
     print(f"torch threads: {torch.get_num_threads()} (the default), {args.epochs} epochs, test NLL at k={args.nll_k}, "
