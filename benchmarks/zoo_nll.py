@@ -32,11 +32,15 @@ CONFIGS = REPO / "configs"
 # name -> (recipe, extra CLI arguments, published test NLL in nats, its source)
 MODELS: dict[str, tuple[str, list[str], float, str]] = {
     "vanilla": ("mnist_mlp.yaml", [], 86.76, "Burda et al. 2015, VAE, 1 layer, k=1"),
+    "vanilla_he": ("mnist_mlp.yaml", ["--model.net.init", "he"], 86.76, "Burda et al. 2015, VAE, 1 layer, k=1"),
+    "vanilla_warm": ("mnist_mlp.yaml", ["--model.net.init", "he", "--model.kl_warmup_steps", "2750"], 88.56,
+                     "Tomczak & Welling 2018, VAE with N(0, I), 1 layer, warm-up"),
     "iwae5": ("mnist_iwae.yaml", ["--model.k", "5"], 85.54, "Burda et al. 2015, IWAE, 1 layer, k=5"),
     "iwae50": ("mnist_iwae.yaml", ["--model.k", "50"], 84.78, "Burda et al. 2015, IWAE, 1 layer, k=50"),
-    "vamp": ("mnist_mlp.yaml", ["--model.prior", "vamp", "--model.prior.pseudo_inputs", "500"], 85.57,
-             "Tomczak & Welling 2018, VampPrior, 1 layer"),
+    "vamp": ("mnist_vamp.yaml", [], 85.57, "Tomczak & Welling 2018, VampPrior, 1 layer"),
     "hvae": ("mnist_hvae.yaml", [], 85.33, "Burda et al. 2015, VAE, 2 layers, k=1"),
+    "hvae_warm": ("mnist_hvae.yaml", ["--model.net.init", "he", "--model.init", "he", "--model.kl_warmup_steps", "2750"],
+                  85.33, "Burda et al. 2015, VAE, 2 layers, k=1"),
 }
 
 

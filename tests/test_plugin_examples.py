@@ -24,8 +24,8 @@ def importable(monkeypatch: pytest.MonkeyPatch) -> None:
     ("args", "logged"),
     [
         (["--model.prior", "student_t_prior.StudentTPrior", "--model.prior.nu", "4"], "val/kl_mc"),
-        (["--model", "kl_warmup.KLWarmupVAE", "--model.warmup_steps", "4", "--model.latent_dim", "8",
-          "--model.net", "mlp", "--model.likelihood", "bernoulli"], "train/kl_weight_epoch"),
+        (["--model", "free_bits.FreeBitsVAE", "--model.free_nats", "0.5", "--model.latent_dim", "8",
+          "--model.net", "mlp", "--model.likelihood", "bernoulli"], "train/free_kl_epoch"),
         (["--model", "gumbel_latent.GumbelVAE", "--model.classes", "4", "--model.latent_dim", "12",
           "--model.iw_samples", "null", "--model.net", "mlp", "--model.likelihood", "bernoulli"], "val/kl"),
     ],
@@ -46,17 +46,25 @@ def test_each_plugin_fits_validates_and_tests(args: list[str], logged: str, data
     assert list(Path("runs/mnist_mlp/version_0/images").glob("val_images_samples_*.png"))
 
 
-def test_the_warmup_objective_weighs_the_kl_by_the_step() -> None:
-    import kl_warmup
+def test_the_free_bits_objective_charges_at_least_lambda_per_unit() -> None:
+    import free_bits
 
-    model = kl_warmup.KLWarmupVAE(warmup_steps=10, latent_dim=4, iw_samples=None)
+    torch.manual_seed(0)
+    model = free_bits.FreeBitsVAE(free_nats=0.02, latent_dim=4, iw_samples=None)
     x = torch.rand(3, 1, 28, 28)
     out = model(x)
     from vaezoo.models.base import Context
 
-    terms = model.objective(x, out, Context(step=5, stage="train"))
-    torch.testing.assert_close(terms["loss"], out.recon + 0.5 * out.kl)
-    torch.testing.assert_close(model.objective(x, out, Context(step=50))["loss"], -out.elbo)
+    mean, logvar = out.posterior.mean, out.posterior.logvar
+    per_unit = (0.5 * (mean**2 + logvar.exp() - 1 - logvar)).mean(0)  # (L,), written out
+    assert (per_unit < 0.02).any() and (per_unit > 0.02).any(), per_unit  # both sides of lambda are exercised
+    expected = out.recon + torch.where(per_unit > 0.02, per_unit, torch.full_like(per_unit, 0.02)).sum()
+    torch.testing.assert_close(model.objective(x, out, Context())["loss"], expected)
+    # lambda = 0 is the ELBO (on the batch mean); under a KL warm-up the free KL is weighed too
+    model.free_nats = 0.0
+    torch.testing.assert_close(model.objective(x, out, Context())["loss"].mean(), -out.elbo.mean())
+    warm = model.objective(x, out, Context(kl_weight=0.5))["loss"]
+    torch.testing.assert_close(warm, out.recon + 0.5 * per_unit.sum())
 
 
 def test_the_gumbel_latents_kl_is_the_categorical_kl_to_uniform() -> None:
@@ -76,6 +84,6 @@ def test_the_gumbel_latents_kl_is_the_categorical_kl_to_uniform() -> None:
 
 def test_the_docs_state_each_plugins_line_count() -> None:
     text = (REPO / "docs" / "extending.md").read_text()
-    for name in ("student_t_prior.py", "kl_warmup.py", "gumbel_latent.py"):
+    for name in ("student_t_prior.py", "free_bits.py", "gumbel_latent.py"):
         lines = len((PLUGINS / name).read_text().splitlines())
         assert f"docs/plugins/{name}` ({lines} lines)" in text, name

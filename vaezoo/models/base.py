@@ -147,12 +147,15 @@ class Context:
         step: The optimiser step (``global_step``).
         world_size: Training processes.
         stage: ``train``, ``val`` or ``test``.
+        kl_weight: The KL's weight in the training loss under a KL warm-up (``kl_warmup_steps``): grows
+            from 0 to 1 over the warm-up in training, 1 after it and in evaluation.
     """
 
     dataset_size: int | None = None
     step: int = 0
     world_size: int = 1
     stage: str = "train"
+    kl_weight: float = 1.0
 
 
 def _checkpoint_mismatch(detail: str) -> str:
@@ -182,6 +185,10 @@ class VAE(L.LightningModule):
         prior: The prior p(z) of a Gaussian latent: ``normal`` (N(0, I), analytic KL), ``mog`` (a learned
             mixture of Gaussians) or ``vamp`` (the VampPrior of Tomczak & Welling 2018), or a plugin's;
             learned priors' KL is estimated by sampling. Variants with other latents (``vqvae``) ignore it.
+        kl_warmup_steps: Optimiser steps over which the KL's weight in the training loss grows linearly from
+            0 to 1 (a KL warm-up: Bowman et al. 2016, Sonderby et al. 2016; what the VampPrior and ladder
+            papers train with), so that the code carries information before the KL can switch it off.
+            0: off. The logged ``elbo`` stays the true ELBO; the weight is logged as ``kl_weight``.
         image_shape: (channels, height, width). Linked from the DataModule by the CLI; set it only
             when using the model on its own.
         iw_samples: Importance samples k per test image for ``test/nll`` (Burda et al.); null turns
@@ -208,6 +215,7 @@ class VAE(L.LightningModule):
         latent_dim: int = 32,
         likelihood: Likelihood = lazy_instance(Bernoulli),
         prior: Prior = lazy_instance(NormalPrior),
+        kl_warmup_steps: int = 0,
         image_shape: ImageShape = (1, 28, 28),
         iw_samples: int | None = 1000,
         val_iw_samples: int | None = None,
@@ -246,11 +254,13 @@ class VAE(L.LightningModule):
             raise VAEZooError(f"max_skipped_fraction must lie in [0, 1] (a fraction of an epoch's batches), got "
                               f"{max_skipped_fraction}; e.g. --model.max_skipped_fraction 0.1.")
         self.nonfinite_guard = NonFiniteGuard(nonfinite, max_skipped_fraction)
+        self.kl_warmup_steps = self._check_kl_warmup(kl_warmup_steps)
         # The terms every step computes (see _step); evaluation adds the importance-weighted NLL.
         # The KL is logged as "kl" where it is analytic and as "kl_mc" where it is estimated by sampling.
         self._kl_key = "kl" if self.latent.kl_analytic else "kl_mc"
         step_terms = ["loss", "elbo", "recon", self._kl_key] + (["bpd"] if likelihood.discrete else [])
         step_terms += [t for t in (*self.objective_terms, *self.latent.terms) if t not in step_terms]
+        step_terms += ["kl_weight"] if kl_warmup_steps else []
         # Running sums of the training terms in this epoch, see _accumulate_train_terms.
         self.train_sums = RunningSums(step_terms)
         self.optimizer = optimizer
@@ -276,6 +286,9 @@ class VAE(L.LightningModule):
     needs_log_weights: bool = False
     # Codes per image in a training step: the k of a k-sample objective (IWAE).
     train_samples: int = 1
+    # Why the variant's objective cannot take a KL warm-up (``kl_warmup_steps``), or None where it can:
+    # its ``objective`` then weighs its KL terms by ``context.kl_weight``.
+    kl_warmup_refused: str | None = None
 
     def build_latent(self, latent_dim: int, prior: Prior) -> Latent:
         """The latent code: one Gaussian layer of ``latent_dim`` units under ``prior``. Variants with another kind
@@ -387,7 +400,9 @@ class VAE(L.LightningModule):
             out: The forward pass, with ``train_samples`` codes per image in training.
             context: Dataset size, step and processes (:class:`Context`).
         """
-        return {"loss": -out.elbo}
+        if context.kl_weight == 1.0:
+            return {"loss": -out.elbo}
+        return {"loss": out.recon + context.kl_weight * out.kl}  # under a KL warm-up
 
     def loss(self, out: VAEOutput) -> Tensor:
         """A short form of :meth:`objective` for variants that need neither the batch nor the context: the
@@ -401,7 +416,25 @@ class VAE(L.LightningModule):
             return Context(stage=stage)
         datamodule = getattr(trainer, "datamodule", None)
         size = getattr(datamodule, "train_size", None) if datamodule is not None else None
-        return Context(dataset_size=size, step=self.global_step, world_size=trainer.world_size, stage=stage)
+        weight = min(1.0, self.global_step / self.kl_warmup_steps) if self.kl_warmup_steps and stage == "train" else 1.0
+        return Context(dataset_size=size, step=self.global_step, world_size=trainer.world_size, stage=stage,
+                       kl_weight=weight)
+
+    def _check_kl_warmup(self, steps: int) -> int:
+        """``kl_warmup_steps``, refused where the variant's objective would not use it (no silent no-op)."""
+        name = type(self).__name__
+        if steps < 0:
+            raise VAEZooError(f"kl_warmup_steps must be >= 0 optimiser steps (0: no warm-up), got {steps}; "
+                              "e.g. --model.kl_warmup_steps 5000.")
+        if steps and self.kl_warmup_refused is not None:
+            raise VAEZooError(f"{name} takes no KL warm-up: {self.kl_warmup_refused}. Drop --model.kl_warmup_steps.")
+        if steps and type(self).loss is not VAE.loss:
+            raise VAEZooError(
+                f"{name} defines the short form loss(out), which cannot see the KL warm-up's weight: define "
+                "objective(x, out, context) instead and weigh the KL by context.kl_weight, or drop "
+                "--model.kl_warmup_steps."
+            )
+        return steps
 
     # ----- Lightning ---------------------------------------------------------------------------------
 
@@ -409,10 +442,13 @@ class VAE(L.LightningModule):
         x, _ = batch  # (B, C, H, W) float in [0, 1], already on the device
         k = self.train_samples if stage == "train" else 1
         out = self(x, k) if k > 1 else self(x)
+        context = self.context(stage)
         if type(self).loss is not VAE.loss:  # a variant written with the short form
             terms = {"loss": self.loss(out)}
         else:
-            terms = self.objective(x, out, self.context(stage))
+            terms = self.objective(x, out, context)
+        if self.kl_warmup_steps:
+            terms["kl_weight"] = out.kl.new_full(out.kl.shape, context.kl_weight)
         # The latent's own losses (VQ's commitment) join the objective; every variant's elbo is the true ELBO.
         loss = (terms["loss"] + sum(out.latent.extra.values())).mean() if out.latent.extra else terms["loss"].mean()
         terms = {**terms, "loss": loss, "elbo": out.elbo, "recon": out.recon, self._kl_key: out.kl,

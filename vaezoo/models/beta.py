@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor
 
 from vaezoo.errors import VAEZooError
-from vaezoo.models.base import VAE, VAEOutput
+from vaezoo.models.base import VAE, Context, VAEOutput
 from vaezoo.registry import register_variant
 
 
@@ -23,7 +23,9 @@ class BetaVAE(VAE):
     ``capacity_steps`` training steps, ``loss = recon + beta * |KL - C|``, with KL averaged over the
     batch. The paper uses a large beta here (e.g. 1000) and C up to about 25 nats.
 
-    The logged ``elbo`` is always the true ELBO, so runs with different beta compare directly.
+    The logged ``elbo`` is always the true ELBO, so runs with different beta compare directly. A KL warm-up
+    (``kl_warmup_steps``) scales beta by its weight; with a capacity target, the target is the schedule and a
+    warm-up is refused.
 
     Args:
         beta: Weight of the KL term (or of |KL - C|). Must be >= 0.
@@ -41,6 +43,9 @@ class BetaVAE(VAE):
             raise VAEZooError(
                 f"capacity must be >= 0 nats and capacity_steps > 0, got {capacity} and {capacity_steps}."
             )
+        if capacity is not None and kwargs.get("kl_warmup_steps"):
+            raise VAEZooError("beta with a capacity target already schedules its KL (capacity_steps): drop "
+                              "--model.kl_warmup_steps, or set --model.capacity null for a warmed-up beta-VAE.")
         super().__init__(**kwargs)
         self.beta = beta
         self.capacity = capacity
@@ -51,7 +56,8 @@ class BetaVAE(VAE):
         assert self.capacity is not None
         return self.capacity * min(1.0, self.global_step / self.capacity_steps)
 
-    def loss(self, out: VAEOutput) -> Tensor:
+    def objective(self, x: Tensor, out: VAEOutput, context: Context) -> dict[str, Tensor]:
         if self.capacity is None:
-            return (out.recon + self.beta * out.kl).mean()
-        return out.recon.mean() + self.beta * (out.kl.mean() - self.capacity_target()).abs()
+            return {"loss": out.recon + context.kl_weight * self.beta * out.kl}
+        # |KL - C| of the batch's mean KL, the same for every image of the batch: (B,)
+        return {"loss": out.recon + self.beta * (out.kl.mean() - self.capacity_target()).abs()}

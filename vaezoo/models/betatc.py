@@ -136,7 +136,9 @@ class BetaTCVAE(VAE):
 
     def objective(self, x: Tensor, out: VAEOutput, context: Context) -> dict[str, Tensor]:
         parts = self.decompose(out, self.training_set_size(context))
-        loss = out.recon + self.alpha * parts["mi"] + self.beta * parts["tc"] + self.gamma * parts["dwkl"]
+        # Under a KL warm-up the three parts of the KL share its weight.
+        kl = self.alpha * parts["mi"] + self.beta * parts["tc"] + self.gamma * parts["dwkl"]
+        loss = out.recon + context.kl_weight * kl
         return {"loss": loss, **parts}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

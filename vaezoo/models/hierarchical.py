@@ -10,6 +10,7 @@ from vaezoo.errors import VAEZooError
 from vaezoo.latents.gaussian import DiagonalGaussian
 from vaezoo.latents.hierarchical import HierarchicalLatent
 from vaezoo.models.base import VAE, _checkpoint_mismatch
+from vaezoo.nets.base import Init, initialise
 from vaezoo.priors.base import Prior
 from vaezoo.registry import register_variant
 
@@ -37,6 +38,7 @@ class HVAE(VAE):
         hidden_dims: Widths of the hidden layers of each MLP between two stochastic layers (q(z_{l+1} | z_l) uses
             them in order, p(z_l | z_{l+1}) reversed); [] makes them linear.
         activation: Nonlinearity of those MLPs.
+        init: How their linear layers start: ``pytorch`` or ``he`` (see :func:`vaezoo.nets.base.initialise`).
         latent_dim: Leave it unset: it is ``latent_dims[0]``; a different value is refused.
         **kwargs: Everything :class:`vaezoo.models.base.VAE` takes (net, likelihood, prior: ``normal`` or
             ``mog``, ...).
@@ -47,6 +49,7 @@ class HVAE(VAE):
         latent_dims: list[int] = [100, 50],  # noqa: B006 (jsonargparse needs the literal default)
         hidden_dims: list[int] = [100, 100],  # noqa: B006
         activation: Literal["relu", "tanh", "elu", "gelu", "silu", "leaky_relu", "softplus"] = "tanh",
+        init: Init = "pytorch",
         latent_dim: int | None = None,
         **kwargs: Any,
     ) -> None:
@@ -65,6 +68,8 @@ class HVAE(VAE):
         # Read by build_latent, which the base's __init__ calls.
         self._layers, self._hidden_dims, self._activation = latent_dims, hidden_dims, activation
         super().__init__(latent_dim=latent_dim, **kwargs)
+        for mlp in (*self.latent.up, *self.latent.down):
+            initialise(mlp, init)
         self.latent_dims = latent_dims
 
     def build_latent(self, latent_dim: int, prior: Prior) -> HierarchicalLatent:

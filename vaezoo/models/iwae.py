@@ -66,6 +66,7 @@ class IWAE(VAE):
 
     objective_terms = ("iw_bound",)
     needs_log_weights = True
+    kl_warmup_refused = "its bound, log mean_k w_k, has no KL term to weigh"
 
     def __init__(self, k: int = 5, gradient: Literal["iwae", "dreg"] = "iwae", **kwargs: Any) -> None:
         if k < 1:

@@ -49,6 +49,8 @@ class VQVAE(VAE):
             ``prior``: the prior of a VQ-VAE is over codes (uniform), not a Gaussian prior.
     """
 
+    kl_warmup_refused = "its KL is a constant, log K of the codebook size K, with no gradient"
+
     def __init__(
         self,
         codes: int = 512,

@@ -8,7 +8,7 @@ from typing import Literal
 from torch import nn
 
 from vaezoo.errors import VAEZooError
-from vaezoo.nets.base import ACTIVATIONS, ImageShape, Net
+from vaezoo.nets.base import ACTIVATIONS, ImageShape, Init, Net, initialise
 from vaezoo.registry import register_net
 
 
@@ -22,6 +22,9 @@ class MLPNet(Net):
         out_channels: Supplied by the model; not set in configs.
         hidden_dims: Widths of the encoder's hidden layers; the decoder uses them reversed.
         activation: Nonlinearity after every hidden layer.
+        init: How the linear layers start: ``pytorch`` (its default) or ``he`` (He et al. 2015; escapes the
+            early no-information plateau of tanh MLPs sooner, and what the VampPrior needs, see
+            :func:`vaezoo.nets.base.initialise`).
     """
 
     def __init__(
@@ -31,6 +34,7 @@ class MLPNet(Net):
         out_channels: int,
         hidden_dims: list[int] = [512, 256],  # noqa: B006 (jsonargparse needs the literal default)
         activation: Literal["relu", "tanh", "elu", "gelu", "silu", "leaky_relu", "softplus"] = "relu",
+        init: Init = "pytorch",
     ) -> None:
         super().__init__(image_shape, latent_dim, out_channels)
         if not hidden_dims or min(hidden_dims) <= 0:
@@ -51,3 +55,4 @@ class MLPNet(Net):
             nn.Linear(hidden_dims[0], out_channels * h * w),
             nn.Unflatten(1, (out_channels, h, w)),
         )
+        initialise(self, init)
