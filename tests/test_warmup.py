@@ -64,11 +64,14 @@ def test_a_warmup_that_would_do_nothing_or_harm_is_refused(build, message: str) 
         build()
 
 
-def test_a_short_form_variant_cannot_silently_ignore_the_warmup() -> None:
-    class ShortForm(VAE):
-        def loss(self, out):  # noqa: ANN001, ANN202 (a user's variant)
-            return -out.elbo.mean()
+class ShortForm(VAE):
+    """A user's variant written with the short form ``loss(out)``."""
 
+    def loss(self, out):  # noqa: ANN001, ANN201
+        return -out.elbo.mean()
+
+
+def test_a_short_form_variant_cannot_silently_ignore_the_warmup() -> None:
     with pytest.raises(VAEZooError, match="short form loss\\(out\\).*context.kl_weight"):
         ShortForm(kl_warmup_steps=10)
     ShortForm(kl_warmup_steps=0)  # without a warm-up the short form is fine
