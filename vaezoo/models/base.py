@@ -406,8 +406,9 @@ class VAE(L.LightningModule):
 
     def loss(self, out: VAEOutput) -> Tensor:
         """A short form of :meth:`objective` for variants that need neither the batch nor the context: the
-        minimised objective as a scalar (nats per image). The base: -ELBO averaged over the batch."""
-        return -out.elbo.mean()
+        minimised objective as a scalar (nats per image). The base: the objective's ``loss`` averaged over the
+        batch, with no batch (x is None) and a default context (no warm-up): -ELBO for ``vanilla``."""
+        return self.objective(None, out, Context())["loss"].mean()  # type: ignore[arg-type] (no batch here)
 
     def context(self, stage: str) -> Context:
         """The :class:`Context` of this step (from the Trainer and its DataModule, where attached)."""
