@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.plugins import DEMO_VARIANT, write_plugin
-from jsonargparse._util import import_object
+from vaezoo.introspect import import_object
 
 from vaezoo import VAE, BetaVAE, ConvNet, Net
 from vaezoo.cli import main
@@ -60,11 +60,18 @@ def test_every_config_prints_its_config(config: Path, roots, capsys) -> None:
     assert issubclass(import_object(printed["model"]["init_args"]["net"]["class_path"]), Net)
 
 
+def tiny_data_args(config: Path) -> list[str]:
+    """What a recipe needs besides SMALL to train on the tests' tiny splits: a VampPrior no more pseudo-inputs
+    than the split holds images (refused otherwise)."""
+    return ["--model.prior.pseudo_inputs", "8"] if "class_path: vamp" in config.read_text() else []
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
 def test_every_config_runs_fast_dev_run(config: Path, roots, capsys) -> None:
     root = roots[dataset_of(config)]
     code, out, err = run_cli(
-        "fit", "--config", str(config), "--data.root", str(root), *SMALL, "--trainer.fast_dev_run", "true",
+        "fit", "--config", str(config), "--data.root", str(root), *SMALL, *tiny_data_args(config),
+        "--trainer.fast_dev_run", "true",
         capsys=capsys,
     )
     assert code == 0, err
@@ -235,3 +242,29 @@ def test_top_level_help_lists_exactly_the_subcommands_there_are() -> None:
     assert listed == [*LightningCLI.subcommands(), "variants", "compare"]
     for name in listed:
         assert f"\n  {name} " in HELP  # each has its line of description
+
+
+@pytest.mark.parametrize(
+    ("args", "meant"),
+    [
+        (["--trainer.max_epoch", "3"], "--trainer.max_epochs"),  # argparse took it as max_epochs before
+        (["--seed_everythin", "3"], "--seed_everything"),
+    ],
+)
+def test_abbreviated_options_are_refused_naming_the_option(args: list[str], meant: str, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from tests.test_bad_input import fails
+
+    monkeypatch.chdir(tmp_path)
+    err = fails(capsys, "fit", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), *args)
+    assert f"unrecognized arguments: {args[0]}" in err and f"Did you mean '{meant}'?" in err
+    assert not (tmp_path / "runs").exists()  # refused before anything ran
+
+
+def test_the_parser_reads_init_parameters_without_the_model_stack() -> None:
+    code = ("import sys, vaezoo.parser; "
+            "print('LOADED', sorted(m for m in sys.modules if m.startswith('vaezoo.')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    loaded = done.stdout.split("LOADED", 1)[1]
+    assert "vaezoo.models" not in loaded and "vaezoo.nets" not in loaded, loaded

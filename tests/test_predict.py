@@ -18,7 +18,7 @@ from torch import Tensor
 
 from tests.data_files import write_mnist_idx
 from vaezoo import VAE, VAEZooError
-from vaezoo.callbacks.predict import PredictionWriter, mask_box, restore_order
+from vaezoo.callbacks.predict import PredictionWriter, decode, generate, in_dataset_order, mask_box
 from vaezoo.cli import main
 from vaezoo.io import atomic_write
 from vaezoo.data.mnist import MNISTDataModule
@@ -107,6 +107,7 @@ def test_generate_decodes_seeded_prior_draws(default_run: Path) -> None:
     with torch.no_grad():
         expected = torch.sigmoid(model.decode(z))  # Bernoulli mean
     torch.testing.assert_close(samples, expected)
+    torch.testing.assert_close(generate(model, SAMPLES, seed=7), samples)  # the same, from Python with no Trainer
     # 10 of 20 samples at 8 per row: 2 rows.
     assert png(default_run / "samples.png").shape == (2 * TILE + 2, 8 * TILE + 2)
 
@@ -226,6 +227,8 @@ def test_decoding_the_codes_reproduces_the_reconstructions(default_run: Path, mn
     assert decoded.shape == (16, 1, 28, 28) and decoded.dtype == torch.float16
     # Same means, same decoder: equal up to float16 rounding.
     torch.testing.assert_close(decoded, torch.load(default_run / "reconstructions.pt"), atol=1e-3, rtol=0)
+    with np.load(default_run / "codes.npz") as codes:  # the same, from Python with no Trainer
+        torch.testing.assert_close(decode(make_model(), torch.from_numpy(codes["mean"])).half(), decoded)
     assert png(out / "decoded.png").shape == (2 * TILE + 2, 8 * TILE + 2)
 
 
@@ -246,6 +249,26 @@ def test_decode_without_usable_codes_says_how_to_make_them(codes: str | None, mn
     with pytest.raises(VAEZooError, match=r"--predict_writer\.tasks \"\[encode\]\"") as err:
         predict(mnist[0], make_model(), output_dir=str(tmp_path / "out"), tasks=["decode"], codes_path=codes_path)
     assert "--predict_writer.codes_path" in str(err.value)
+
+
+# ----- what is written ---------------------------------------------------------------------------------------
+
+
+class Negative(VAE):
+    """A variant whose prediction is the negative of the base's reconstruction."""
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        prediction = super().predict_step(batch, batch_idx)
+        return {**prediction, "reconstruction": 1 - prediction["reconstruction"]}
+
+
+def test_the_model_s_predict_step_is_what_is_written(mnist, tmp_path: Path, recwarn) -> None:
+    torch.manual_seed(0)
+    model = Negative(latent_dim=LATENT)
+    out = predict(mnist[0], model, output_dir=str(tmp_path), tasks=["reconstruct"])
+    expected = 1 - model.reconstruct(clean_images(mnist[1]))
+    torch.testing.assert_close(torch.load(out / "reconstructions.pt").float(), expected, atol=1e-3, rtol=0)
+    assert not [w for w in recwarn if "batch indices" in str(w.message)]  # vaezoo's loader is counted, not warned about
 
 
 # ----- the output folder, other stages, file writing -----------------------------------------------------
@@ -302,11 +325,10 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_temporaries(tmp_path: P
     assert target.stat().st_mode == (tmp_path / "plain").stat().st_mode
 
 
-def test_restore_order_interleaves_ranks_into_dataset_order() -> None:
-    # 5 rows over 2 processes: rank 0 held rows 0, 2, 4 and rank 1 rows 1, 3 (+ one padding row).
-    gathered = torch.tensor([[0, 2, 4], [1, 3, -1]])
-    assert restore_order(gathered, [3, 2]).tolist() == [0, 1, 2, 3, 4]
-    assert restore_order(gathered[..., None], [3, 2]).shape == (5, 1)
+def test_rows_merge_in_dataset_order_each_index_once() -> None:
+    # 5 images over 2 processes: rank 0 held 0, 2, 4 and rank 1 held 1, 3 and a DistributedSampler's pad, 0 again.
+    rows = in_dataset_order({"index": torch.tensor([0, 2, 4, 1, 3, 0]), "row": torch.tensor([[0], [2], [4], [1], [3], [0]])})
+    assert rows["index"].tolist() == [0, 1, 2, 3, 4] and rows["row"].flatten().tolist() == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize(
@@ -342,22 +364,32 @@ def test_cli_writes_only_in_predict(mnist, tmp_path: Path, monkeypatch: pytest.M
 DDP_SCRIPT = """
 import sys
 import torch, lightning as L
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from vaezoo import VAE
 from vaezoo.callbacks.predict import PredictionWriter
 from vaezoo.data.mnist import MNISTDataModule
 
+class TorchLoaderMNIST(MNISTDataModule):  # a DistributedSampler, which pads 13 images to 14 (rank 1 ends with 0)
+    def predict_dataloader(self):
+        test = super().predict_dataloader()
+        data = TensorDataset(test.images, test.labels)
+        return DataLoader(data, batch_size=3, sampler=DistributedSampler(data, shuffle=False))
+
 root, out = sys.argv[1:]
 torch.manual_seed(0)
-dm = MNISTDataModule(root=root, val_size=16, batch_size=8, eval_batch_size=3, binarize="none")
+model = VAE(latent_dim=4)
 writer = PredictionWriter(output_dir=out, tasks=["reconstruct", "encode"], grid_images=10, corruption="mask")
-L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False,
-          enable_model_summary=False, callbacks=[writer]).predict(VAE(latent_dim=4), datamodule=dm,
-                                                                  return_predictions=False)
+trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False,
+                    enable_model_summary=False, callbacks=[writer])
+for dm_class, folder in ((MNISTDataModule, "vaezoo_loader"), (TorchLoaderMNIST, "torch_loader")):
+    writer.output_dir = writer.output_dir.parent / folder
+    dm = dm_class(root=root, val_size=16, batch_size=8, eval_batch_size=3, binarize="none")
+    trainer.predict(model, datamodule=dm, return_predictions=False)
 """
 
 
 @pytest.mark.slow
-def test_ddp_gathers_every_image_in_dataset_order(tmp_path: Path) -> None:
+def test_ddp_merges_every_image_once_in_dataset_order(tmp_path: Path) -> None:
     root = tmp_path / "data"
     write_mnist_idx(root, n_train=64, n_test=13)  # 13 over 2 processes: 7 + 6, uneven on purpose
     script = tmp_path / "ddp_predict.py"
@@ -371,14 +403,16 @@ def test_ddp_gathers_every_image_in_dataset_order(tmp_path: Path) -> None:
                               corruption="mask")
     dm = MNISTDataModule(root=str(root), val_size=16, batch_size=8, eval_batch_size=3, binarize="none")
     trainer(single).predict(VAE(latent_dim=4), datamodule=dm, return_predictions=False)
-    one, ddp = tmp_path / "one", tmp_path / "ddp"
-    with np.load(one / "codes.npz") as a, np.load(ddp / "codes.npz") as b:
-        np.testing.assert_array_equal(a["label"], b["label"])
-        np.testing.assert_allclose(a["mean"], b["mean"], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(torch.load(one / "reconstructions.pt"), torch.load(ddp / "reconstructions.pt"),
-                               atol=1e-3, rtol=0)
-    metrics = [json.loads((d / "restore_metrics.json").read_text()) for d in (one, ddp)]
-    assert metrics[1]["images"] == 13
-    assert metrics[0]["mse_corrupted"] == pytest.approx(metrics[1]["mse_corrupted"], rel=1e-9)
-    assert metrics[0]["mse_reconstructed"] == pytest.approx(metrics[1]["mse_reconstructed"], rel=1e-5)
-    assert np.abs(png(one / "reconstructions.png").astype(int) - png(ddp / "reconstructions.png")).max() <= 1
+    one = tmp_path / "one"
+    for ddp in (tmp_path / "vaezoo_loader", tmp_path / "torch_loader"):
+        with np.load(one / "codes.npz") as a, np.load(ddp / "codes.npz") as b:
+            np.testing.assert_array_equal(a["label"], b["label"])
+            np.testing.assert_allclose(a["mean"], b["mean"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.load(one / "reconstructions.pt"), torch.load(ddp / "reconstructions.pt"),
+                                   atol=1e-3, rtol=0)
+        metrics = [json.loads((d / "restore_metrics.json").read_text()) for d in (one, ddp)]
+        assert metrics[1]["images"] == 13
+        assert metrics[0]["mse_corrupted"] == pytest.approx(metrics[1]["mse_corrupted"], rel=1e-9)
+        assert metrics[0]["mse_reconstructed"] == pytest.approx(metrics[1]["mse_reconstructed"], rel=1e-5)
+        assert np.abs(png(one / "reconstructions.png").astype(int) - png(ddp / "reconstructions.png")).max() <= 1
+        assert sorted(p.name for p in ddp.iterdir() if p.name.startswith(".")) == []  # the per-process files are gone

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import pickle
 import re
@@ -17,13 +16,11 @@ import sys
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from jsonargparse import Namespace, _typehints
-from jsonargparse._util import import_object
+from jsonargparse import Namespace
 from lightning import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -37,8 +34,9 @@ import vaezoo.models  # noqa: F401 (registers the variants)
 import vaezoo.nets  # noqa: F401 (registers the nets)
 from vaezoo.callbacks import FID, ImageLogger, PredictionWriter, StopOnSignal
 from vaezoo.data.base import ImageDataModule
-from vaezoo import checkpoints, runs, summary, tracking
+from vaezoo import checkpoints, compat, runs, summary, tracking
 from vaezoo.errors import VAEZooError, refused_arguments
+from vaezoo.introspect import import_object
 from vaezoo.parser import VAEZooParser
 from vaezoo.models.base import VAE
 from vaezoo.registry import format_table, load_plugins, resolve_name, unknown_name_message
@@ -51,32 +49,6 @@ DESCRIPTION = (
     "Run `vaezoo variants` to list the registered variants, nets, datasets, likelihoods and loggers, "
     "and `vaezoo compare RUN_DIR...` to compare runs."
 )
-
-
-def _use_registry_names() -> None:
-    """Let jsonargparse take registry names (``beta``, ``conv``) wherever it takes a class name.
-
-    jsonargparse resolves a bare name by the ``__name__`` of the imported subclasses of the
-    expected type; it has no public hook for aliases, so vaezoo wraps that one function. The
-    wrapper answers only for names in a vaezoo registry whose class fits the expected type, and
-    turns an unknown bare name into a message listing the known ones. ``tests/test_cli.py`` checks
-    this against the installed jsonargparse.
-    """
-    original: Callable[..., str] = _typehints.resolve_class_path_by_name
-    if getattr(original, "_vaezoo", False):
-        return
-
-    def resolve(cls: type | tuple[type, ...], name: str) -> str:
-        if not isinstance(name, str) or "." in name:
-            return original(cls, name)
-        bases = tuple(t for t in (cls if isinstance(cls, tuple) else (cls,)) if inspect.isclass(t))
-        path = resolve_name(name, bases) or original(cls, name)
-        if "." not in path and (message := unknown_name_message(name, bases)):
-            raise ValueError(message)
-        return path
-
-    resolve._vaezoo = True  # type: ignore[attr-defined]
-    _typehints.resolve_class_path_by_name = resolve
 
 
 def _quiet_known_noise() -> None:
@@ -95,20 +67,35 @@ def _quiet_known_noise() -> None:
 class VAEZooCLI(LightningCLI):
     """LightningCLI with the image shape linked from the DataModule into the model."""
 
-    def _parse_ckpt_path(self) -> None:
-        """Resolve and check ``--ckpt_path``, then let Lightning rebuild the model from the checkpoint's hyperparameters.
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """LightningCLI's, which parses, builds and runs the subcommand; then the run folders it claimed
+        (:meth:`_claim_run_folders`) that hold no result are released, and after a failure those that hold
+        only the run's config too: a failed command leaves no run folder without results behind."""
+        self._claimed: list[tuple[Namespace, Path]] = []
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            runs.release([folder for _, folder in self._claimed], failed=True)
+            raise
+        runs.release([folder for _, folder in self._claimed])
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then resolve and check ``--ckpt_path`` before Lightning reads the checkpoint.
 
         ``last`` and ``best`` become a path first (:mod:`vaezoo.checkpoints`), so both forms take this one
-        path. Lightning reads the file here, before anything else runs: a mistyped or cut-off path would
-        surface as a traceback. It then replaces the whole ``model`` config by the checkpoint's, so the net
-        fits the weights. ``fit`` refuses a checkpoint trained with other settings than this command's
-        unless ``--ckpt_mismatch use_checkpoint`` asks to continue it as it was trained; evaluation says
-        what the checkpoint changes. The settings that only steer this run (:data:`vaezoo.runs.RUN_SETTINGS`)
-        stay as the config and command line give them, and ``config.yaml`` records what is used.
+        path. Lightning reads the file next (rebuilding the whole ``model`` config from the checkpoint's
+        hyperparameters, so the net fits the weights): a mistyped or cut-off path would surface there as a
+        traceback. ``fit`` refuses a checkpoint trained with other settings than this command's unless
+        ``--ckpt_mismatch use_checkpoint`` asks to continue it as it was trained; evaluation says what the
+        checkpoint changes (:meth:`before_instantiate_classes`, after Lightning has rebuilt the model config).
+        The settings that only steer this run (:data:`vaezoo.runs.RUN_SETTINGS`) stay as the config and command
+        line give them, and ``config.yaml`` records what is used.
         """
+        super().parse_arguments(parser, args)
+        self._ckpt_plan: tuple[str, Path, Any, list[str]] | None = None  # (subcommand, ckpt, asked model, changed)
         subcommand = self.config.get("subcommand")
         if not subcommand:
-            return super()._parse_ckpt_path()
+            return
         config = self.config[subcommand]
         ckpt = config.get("ckpt_path")
         if ckpt is None:
@@ -118,9 +105,9 @@ class VAEZooCLI(LightningCLI):
                     "score randomly initialised weights. Pass --ckpt_path last (the newest checkpoint of this "
                     "config's runs), --ckpt_path best (their best by val/elbo) or --ckpt_path PATH."
                 )
-            return None
+            return
         if str(ckpt).split(":")[0] in _LIGHTNING_CKPT_KEYWORDS:
-            return super()._parse_ckpt_path()
+            return
         asked_settings = runs.settings(self._plain(subcommand))
         if ckpt in ("last", "best"):
             resolution = checkpoints.resolve(ckpt, subcommand, config.trainer, asked_settings)
@@ -128,7 +115,7 @@ class VAEZooCLI(LightningCLI):
                 print(resolution.notice)
             config["ckpt_path"] = ckpt = resolution.path  # config.yaml names the file
             if ckpt is None:
-                return None
+                return
         _check_checkpoint_file(Path(ckpt))
         data_class = checkpoints.class_of(config.get("data"))
         if data_class is not None and issubclass(data_class, ImageDataModule):
@@ -138,8 +125,7 @@ class VAEZooCLI(LightningCLI):
                 raise VAEZooError(mismatch)
         run_settings = checkpoints.settings_of(Path(ckpt)) or {}
         changed = runs.differences(run_settings, asked_settings)
-        use_checkpoint = config.get("ckpt_mismatch") == "use_checkpoint"
-        if subcommand == "fit" and changed and not use_checkpoint:
+        if subcommand == "fit" and changed and config.get("ckpt_mismatch") != "use_checkpoint":
             raise VAEZooError(
                 f"--ckpt_path {ckpt} was trained with other settings than this command's: {'; '.join(changed)}. "
                 "Resuming would train on with the checkpoint's weights and optimizer state under settings it was not "
@@ -148,22 +134,27 @@ class VAEZooCLI(LightningCLI):
                 "trained (config.yaml then records the checkpoint's settings)."
             )
         asked = config.get("model")
-        asked = asked.clone() if isinstance(asked, Namespace) else asked
-        super()._parse_ckpt_path()
+        self._ckpt_plan = (subcommand, Path(ckpt), asked.clone() if isinstance(asked, Namespace) else asked, changed)
+
+    def _use_checkpoint_model(self) -> None:
+        """After Lightning rebuilt the model config from the checkpoint: keep this run's own settings, take the
+        run's data and seed where ``fit`` continues it as trained, and say what the checkpoint changed."""
+        if self._ckpt_plan is None:
+            return
+        subcommand, ckpt, asked, changed = self._ckpt_plan
         config = self.config[subcommand]
         model = config.get("model")
         if not isinstance(asked, Namespace) or not isinstance(model, Namespace):
-            return None
+            return
         for key in runs.MODEL_RUN_SETTINGS:
             if f"init_args.{key}" in asked and f"init_args.{key}" in model:
                 model[f"init_args.{key}"] = asked[f"init_args.{key}"]
         if subcommand == "fit" and changed:  # use_checkpoint: the data and seed as trained, too
-            self._use_run_data(config, Path(ckpt))
+            self._use_run_data(config, ckpt)
         changed = _model_changes(asked, model)
         if changed and runs.is_main_process():
             print(f"vaezoo: the model is built as {ckpt} was trained, not as the config says: {'; '.join(changed)}.",
                   file=sys.stderr)
-        return None
 
     def _plain(self, subcommand: str) -> dict[str, Any]:
         """A subcommand's parsed config as plain data, as config.yaml holds it (defaults' class paths included)."""
@@ -191,6 +182,7 @@ class VAEZooCLI(LightningCLI):
                     data[f"init_args.{key}"] = asked[f"init_args.{key}"]
 
     def before_instantiate_classes(self) -> None:
+        self._use_checkpoint_model()
         config = self.config[self.subcommand] if self.subcommand else self.config
         # Loading a checkpoint never runs code from it: weights_only unless the user says otherwise
         # (--weights_only false, for a checkpoint you trust that holds other Python objects).
@@ -220,7 +212,6 @@ class VAEZooCLI(LightningCLI):
         checkpoint folder). The version is set for building the logger and reset to null in the saved
         config, so that the run's ``config.yaml`` starts a new run when it is used as ``--config``.
         """
-        self._claimed: list[tuple[Namespace, Path]] = []
         self._default_logger: Namespace | None = None
         if not runs.is_main_process():
             return
@@ -256,21 +247,15 @@ class VAEZooCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except BaseException:
-            runs.release([folder for _, folder in getattr(self, "_claimed", [])])
+            runs.release([folder for _, folder in self._claimed])
             raise
-        for spec, _ in getattr(self, "_claimed", []):
+        for spec, _ in self._claimed:
             spec.init_args.version = None  # config.yaml: a new run's config, not this folder's
         if getattr(self, "_default_logger", None) is not None:
             self._default_logger.logger = True  # config.yaml: as the user wrote it
+        if runs.is_main_process():  # a W&B run keeps a local CSV record too, which `vaezoo compare` reads
+            tracking.add_csv_record(self.trainer)
 
-    def _run_subcommand(self, subcommand: str) -> None:
-        claimed = [folder for _, folder in getattr(self, "_claimed", [])]
-        try:
-            super()._run_subcommand(subcommand)
-        except BaseException:  # a failed command leaves no run folder without results behind
-            runs.release(claimed, failed=True)
-            raise
-        runs.release(claimed)
 
     def _before_subcommand(self) -> None:
         if self.trainer.is_global_zero:  # rank 0 writes the run's files
@@ -531,7 +516,7 @@ def main(args: list[str] | None = None) -> None:
         from vaezoo import compare  # lazily: rich and matplotlib are slow to import
 
         sys.exit(compare.main(argv[1:]))
-    _use_registry_names()
+    compat.use_registry_names(resolve_name, unknown_name_message)
     _quiet_known_noise()
     try:
         VAEZooCLI(

@@ -17,22 +17,12 @@ from typing import Any, NoReturn
 
 import yaml
 from jsonargparse import Namespace
-from jsonargparse._util import import_object
 from lightning.pytorch.cli import LightningArgumentParser
 
+from vaezoo import compat
 from vaezoo.errors import VAEZooError
-from vaezoo.models.hparams import init_parameters
+from vaezoo.introspect import import_object, init_parameters
 
-# Lines of jsonargparse's messages that describe its attempts, not the problem.
-_NOISE = re.compile(
-    r"^\s*(- )?(Does not validate against any of the Union subtypes|Subtypes: |Errors:$|Given value type: |Given value: "
-    r"|Expected a <class 'NoneType'>|Expected a path but .* either not accessible or invalid)"
-)
-_CLASS_PATH = re.compile(r"class_path[ =]'([\w.]+)'")
-_OPTION = re.compile(r"Option '([\w.]+)' is not accepted")
-_SUBCOMMAND_OPTION = re.compile(r"does not accept option '([\w.]+)'")
-_SECTION_CONFIG = re.compile(r"Parser key \"([\w.]+)\":\s*Unable to load config '(.*?)'\n")
-_REQUIRED = re.compile(r"the following arguments are required: ([\w., ]+)$")
 # What a config file's mapping holds, for the whole config and for the sections given a file of their own.
 _EXPECTED_KEYS = {
     None: "sections such as trainer:, model:, data: (as in configs/mnist_mlp.yaml)",
@@ -93,17 +83,18 @@ def close_match(name: str, known: list[str]) -> str:
 
 def explain(message: str, parser: LightningArgumentParser | None = None) -> str:
     """jsonargparse's ``message`` without its noise, plus a close match for an unknown option."""
-    lines = [line.strip().removeprefix("- ") for line in message.splitlines() if line.strip() and not _NOISE.match(line)]
+    lines = [line.strip().removeprefix("- ") for line in message.splitlines()
+             if line.strip() and not compat.NOISE.match(line)]
     text = " ".join(lines)
-    text = re.sub(r'Parser key "([\w.]+)": ', r"--\1: ", text)
-    text = re.sub(r"Problem with given class_path '([\w.]+)': ", r"(\1) ", text)
-    if match := _SECTION_CONFIG.search(message):
+    text = compat.PARSER_KEY.sub(r"--\1: ", text)
+    text = compat.PROBLEM_CLASS.sub(r"(\1) ", text)
+    if match := compat.SECTION_CONFIG.search(message):
         return _section_config(*match.groups())
-    if (match := _REQUIRED.search(message.strip())) and (missing := _missing_sections(match[1])):
+    if (match := compat.REQUIRED.search(message.strip())) and (missing := _missing_sections(match[1])):
         return " ".join(_required(section) for section in missing)
     hint = ""
-    if match := _OPTION.search(message):
-        for path in reversed(_CLASS_PATH.findall(message)):  # the innermost class first (--model.net.x)
+    if match := compat.OPTION.search(message):
+        for path in reversed(compat.CLASS_PATH.findall(message)):  # the innermost class first (--model.net.x)
             try:
                 hint = close_match(match[1], init_parameters(import_object(path)))
             except (ImportError, AttributeError, ValueError, TypeError):
@@ -111,9 +102,10 @@ def explain(message: str, parser: LightningArgumentParser | None = None) -> str:
             if hint:
                 break
         hint = hint or _owners(match[1])
-    elif (match := _SUBCOMMAND_OPTION.search(message)) and parser is not None:
-        known = [action.dest for action in parser._actions if action.dest and action.dest != "help"]
-        hint = close_match(match[1], known)
+    elif (match := compat.SUBCOMMAND_OPTION.search(message)) and parser is not None:
+        hint = close_match(match[1], list(parser.get_defaults().keys()))
+    elif (match := compat.UNRECOGNIZED.search(message)) and parser is not None:  # also an abbreviation (refused)
+        hint = close_match(match[1], [f"--{key}" for key in parser.get_defaults().keys()])
     return text.rstrip(".") + "." + hint
 
 
@@ -159,7 +151,16 @@ def _owners(option: str) -> str:
 
 
 class VAEZooParser(LightningArgumentParser):
-    """LightningCLI's parser, with :func:`explain`'s short messages on a bad option or config."""
+    """LightningCLI's parser, with :func:`explain`'s short messages on a bad option or config.
+
+    Abbreviated options are refused (argparse's ``allow_abbrev=False``): argparse would otherwise take
+    ``--trainer.max_epoch 3`` as ``--trainer.max_epochs 3``, and a prefix that a later option makes
+    ambiguous would change meaning silently.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def parse_path(self, path: str | os.PathLike, *args: Any, **kwargs: Any) -> Namespace:
         """Parse a ``--config`` file; one that is not UTF-8, not YAML or not a mapping is named with its line.

@@ -10,6 +10,8 @@
   hyperparameter is a column to filter and group by.
 - ``val/*`` and ``test/*`` are plotted against ``epoch``, so curves of
   runs with different batch sizes line up.
+- Every W&B run also keeps a local CSV record, ``metrics.csv`` beside its ``config.yaml`` and
+  checkpoints, which ``vaezoo compare`` reads with nothing to decode.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from lightning import Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 from vaezoo.errors import VAEZooError
@@ -111,7 +114,26 @@ def setup_wandb_run(logger: WandbLogger, config: Mapping[str, Any]) -> None:
 def offline_notice(logger: WandbLogger) -> str | None:
     """One line saying where an offline run went and how to upload it; None for an online run."""
     run = logger.experiment
-    if not getattr(run.settings, "_offline", False) and os.environ.get("WANDB_MODE") != "offline":
+    if not run.offline and os.environ.get("WANDB_MODE") != "offline":
         return None
     run_dir = Path(run.dir).parent  # .../wandb/offline-run-<time>-<id>/files -> the run folder
     return f"W&B logged offline (no API key) to {run_dir}; upload it with: wandb sync {run_dir}"
+
+
+def add_csv_record(trainer: Trainer) -> None:
+    """Add a ``CSVLogger`` beside each W&B logger, writing ``metrics.csv`` into the W&B run's own folder.
+
+    That folder, ``<save_dir>/<project>/<run id>/``, already holds the run's ``config.yaml`` and
+    checkpoints; with ``metrics.csv`` there it is a run folder like a CSV run's, which ``vaezoo compare``
+    reads locally. The W&B run keeps logging as before. Its run id names the folder, so the run starts
+    here, where Lightning would start it a moment later (at the trainer's setup). Call it on the main
+    process only: other processes log nothing. A run folder that already holds a ``metrics.csv`` (a
+    W&B run resumed by its id) gets no CSV logger, which would delete that file.
+    """
+    loggers = list(trainer.loggers)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and isinstance(run_id := logger.experiment.id, str):
+            folder = Path(logger.save_dir or ".") / str(logger.name) / run_id
+            if not (folder / "metrics.csv").exists():
+                loggers.append(CSVLogger(save_dir=folder.parent.parent, name=str(logger.name), version=run_id))
+    trainer.loggers = loggers

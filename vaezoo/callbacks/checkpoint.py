@@ -1,16 +1,16 @@
 """The latest training state, every N steps, at every epoch's end and when a signal stops training:
 what ``--ckpt_path last`` resumes.
 
-Lightning has no public "save now" for a ModelCheckpoint. :meth:`LatestCheckpoint.save_now` calls the
-three private methods that ``ModelCheckpoint.on_train_batch_end`` itself calls (``_monitor_candidates``,
-``_save_topk_checkpoint``, ``_save_last_checkpoint``), and ``__init__`` sets the private
-``_every_n_epochs``. Checked against Lightning 2.6.6; ``tests/test_signals.py`` fails if they change.
+Lightning has no public "save now" for a ModelCheckpoint, nor both triggers at once: both go through
+:mod:`vaezoo.compat`, which holds every private use of a library, with why.
 """
 
 from __future__ import annotations
 
 from lightning import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from vaezoo import compat
 
 
 class LatestCheckpoint(ModelCheckpoint):
@@ -41,9 +41,7 @@ class LatestCheckpoint(ModelCheckpoint):
         super().__init__(
             dirpath=dirpath, filename=filename, every_n_train_steps=every_n_train_steps, save_top_k=1, save_last="link"
         )
-        # ModelCheckpoint refuses both triggers in its arguments, but its hooks honour both: the epoch
-        # trigger is set after its check. tests/test_resume.py checks that both fire.
-        self._every_n_epochs = 1
+        compat.save_on_epochs_too(self)  # tests/test_resume.py checks that both triggers fire
 
     def save_now(self, trainer: Trainer) -> str:
         """Write the latest state now, whatever the triggers say, and link ``last.ckpt`` to it; returns its path.
@@ -52,8 +50,5 @@ class LatestCheckpoint(ModelCheckpoint):
         the end of a training step, where the step and epoch triggers save too, so that the file resumes
         exactly as theirs do. Nothing is written when this step's state is already saved.
         """
-        if self._last_global_step_saved != trainer.global_step or not self.best_model_path:
-            candidates = self._monitor_candidates(trainer)
-            self._save_topk_checkpoint(trainer, candidates)  # no monitor: the newest replaces the previous
-            self._save_last_checkpoint(trainer, candidates)  # last.ckpt -> it
+        compat.save_checkpoint_now(self, trainer)  # no monitor: the newest replaces the previous; last.ckpt -> it
         return self.best_model_path

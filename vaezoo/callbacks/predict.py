@@ -1,35 +1,15 @@
-"""What ``vaezoo predict`` writes: samples, restorations, latent codes and decodings.
+"""What ``vaezoo predict`` writes: samples, restorations, latent codes and decodings (:class:`PredictionWriter`).
 
     vaezoo predict --config configs/mnist_mlp.yaml --ckpt_path runs/.../last.ckpt \\
         --predict_writer.output_dir out --predict_writer.tasks "[generate, reconstruct, encode]" \\
         --predict_writer.corruption mask
 
-:class:`PredictionWriter` acts only inside ``trainer.predict`` (the official test split); during
-``fit``, ``validate`` and ``test`` it does nothing and creates nothing. Its files, under
-``output_dir``, each written atomically (a temporary name in the same folder, then ``os.replace``):
-
-* ``generate``: ``samples.pt``, float32 ``(num_samples, C, H, W)`` in [0, 1], E[x | z] for
-  z ~ N(0, I); ``samples.png``, the first ``grid_images`` of them, 8 per row.
-* ``reconstruct``: ``reconstructions.pt``, float16 ``(N, C, H, W)`` in [0, 1], the reconstruction
-  of every (corrupted) test image in dataset order; ``reconstructions.png``, the first
-  ``grid_images`` test images in rows of three: clean, corrupted, reconstructed (the same 8 images
-  in each of the three rows); ``restore_metrics.json``, ``{"corruption", "mse_corrupted",
-  "mse_reconstructed", "psnr_corrupted", "psnr_reconstructed", "images"}``: the MSE of the clean
-  images against the corrupted inputs and against the reconstructions, and their PSNR in dB.
-* ``encode``: ``codes.npz`` with ``mean`` and ``logvar`` float32 ``(N, L)``, ``label`` int64
-  ``(N,)``, ``image_shape`` int64 ``(3,)``, ``latent_dim`` int64 ``()`` and ``checkpoint`` str ``()``
-  (``""`` when none was loaded); ``compression.json``, bytes per image of the 8-bit image against
-  a float32 and a float16 code, and the ratios.
-* ``decode``: ``decoded.pt``, float16 ``(N, C, H, W)`` in [0, 1], E[x | z = mean] of the codes;
-  ``decoded.png``, the first ``grid_images`` of them, 8 per row.
-
-Image tensors of the whole split are float16: its step near 1 is 2^-11, finer than the 1/255 of
-8-bit pixels, at half the size of float32.
-
-Multi-process (DDP) predict: each process handles the positions ``rank, rank + W, ...`` of the split
-(vaezoo's loaders and Lightning's distributed sampler both shard so); at the end of the epoch every
-process's rows are gathered with ``strategy.all_gather`` and put back in dataset order, and rank 0
-alone writes. Sample generation and decoding run on rank 0 only.
+``generate`` and ``decode`` need no test images: they are the plain functions :func:`generate` and
+:func:`decode` over a model. The per-image tasks write what the model's ``predict_step`` returns, in
+dataset order. Under DDP each process saves its rows, with their dataset indices, to
+``output_dir/.predict-rank<r>.pt``; after a barrier rank 0 merges them (an index that a sampler's
+padding repeats counts once), writes, and deletes them. Over several nodes, ``output_dir`` must be a
+folder that every node sees. Every output file is written atomically (a temporary name, then ``os.replace``).
 """
 
 from __future__ import annotations
@@ -37,15 +17,16 @@ from __future__ import annotations
 import json
 import math
 import secrets
+import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, get_args
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.strategies import Strategy
+from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 from torchvision.utils import save_image
 
@@ -60,6 +41,7 @@ Corruption = Literal["none", "noise", "mask"]
 _GRID_ROW = 8  # images per row of every PNG grid
 _CHUNK = 256  # codes decoded per decoder call when generating or decoding
 _OPT = "--predict_writer"  # the CLI prefix, for the fixes named in error messages
+_MAKE_CODES = f'run predict with {_OPT}.tasks "[encode]" to write codes.npz'
 
 
 def psnr(mse: float) -> float | None:
@@ -85,33 +67,74 @@ def mask_box(height: int, width: int, fraction: float) -> tuple[slice, slice]:
     return slice(top, top + h), slice(left, left + w)
 
 
-def restore_order(gathered: Tensor, counts: list[int]) -> Tensor:
-    """Rows gathered from W processes, back in dataset order.
+def in_dataset_order(rows: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``rows`` (each ``(n, ...)``, with an int64 ``index`` ``(n,)`` of dataset indices) sorted by index, each
+    index once: a ``DistributedSampler`` pads the last processes' shares with repeats of the first images."""
+    order = torch.argsort(rows["index"], stable=True)
+    index = rows["index"][order]
+    first = torch.ones_like(index, dtype=torch.bool)
+    first[1:] = index[1:] != index[:-1]
+    return {name: value[order[first]] for name, value in rows.items()}
 
-    Process ``r`` held dataset rows ``r, r + W, r + 2W, ...``, padded to the longest share.
+
+@torch.no_grad()
+def decode(model: VAE, codes: Tensor) -> Tensor:
+    """E[x | z] ``(n, C, H, W)`` float32 on the CPU for codes ``z`` ``(n, L)``, decoded in chunks of 256.
 
     Args:
-        gathered: ``(W, max(counts), ...)``, from ``all_gather`` of each process's padded rows.
-        counts: How many of each process's rows are real (not padding).
-
-    Returns:
-        ``(sum(counts), ...)``: row ``k * W + r`` is process ``r``'s row ``k``.
+        model: The VAE whose decoder and likelihood map codes to images.
+        codes: Codes of the model's latent space, e.g. the ``mean`` of a ``codes.npz`` from encode.
     """
-    most = gathered.shape[1]
-    real = torch.arange(most)[:, None] < torch.tensor(counts)[None, :]  # (most, W)
-    return gathered.transpose(0, 1)[real]  # k-major, then rank: the dataset order
+    return torch.cat([model.likelihood.mean(model.decode(z.to(model.device, model.dtype))).float().cpu()
+                      for z in codes.split(_CHUNK)])
 
 
-def _gather_rows(strategy: Strategy, local: Tensor) -> Tensor:
-    """Every process's rows of ``local`` ``(n_rank, ...)`` in dataset order, on the CPU; a no-op on one process."""
-    if strategy.world_size == 1:
-        return local
-    device = strategy.root_device
-    counts = strategy.all_gather(torch.tensor([len(local)], device=device)).flatten().tolist()  # (W,)
-    # all_gather needs one shape on every process: pad each share to the longest.
-    padded = local.new_zeros((max(counts), *local.shape[1:]))
-    padded[: len(local)] = local
-    return restore_order(strategy.all_gather(padded.to(device)).cpu(), counts)
+def generate(model: VAE, num_samples: int, seed: int = 0) -> Tensor:
+    """``num_samples`` images E[x | z] ``(n, C, H, W)`` float32 in [0, 1] for codes z from the model's prior, drawn
+    with ``seed`` on the CPU: the same images on any device.
+
+    Args:
+        model: The VAE to draw from.
+        num_samples: How many images.
+        seed: Seed of the prior draws.
+    """
+    return decode(model, model.sample_codes(num_samples, torch.Generator().manual_seed(seed)))
+
+
+def read_codes(path: str | Path | None, model: VAE) -> Tensor:
+    """The posterior means ``(N, L)`` of a ``codes.npz`` written by the encode task, checked against ``model``.
+
+    Raises:
+        VAEZooError: no path, no such file, not a codes file, or codes of another latent size or image shape.
+    """
+    if path is None:
+        raise VAEZooError(f"The decode task needs codes: {_MAKE_CODES}, then pass its path as {_OPT}.codes_path.")
+    path = Path(path)
+    if not path.is_file():
+        raise VAEZooError(f"{_OPT}.codes_path {path} does not exist: {_MAKE_CODES}, or point {_OPT}.codes_path at one.")
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz archive")
+        with npz:
+            mean = npz["mean"].astype(np.float32)
+            latent_dim, image_shape = int(npz["latent_dim"]), tuple(int(s) for s in npz["image_shape"])
+    except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise VAEZooError(
+            f"{path} is not a codes file written by the encode task ({type(err).__name__}: {err}): "
+            f"{_MAKE_CODES} again, or point {_OPT}.codes_path at one."
+        ) from None
+    model_shape = tuple(model.image_shape)
+    if mean.ndim != 2 or mean.shape[1] != latent_dim:
+        raise VAEZooError(f"{path} is inconsistent: mean has shape {mean.shape} but latent_dim is {latent_dim}; "
+                          f"{_MAKE_CODES} again.")
+    if latent_dim != model.latent_dim or image_shape != model_shape:
+        raise VAEZooError(
+            f"{path} holds codes of latent_dim {latent_dim} for images {image_shape}, but the model has "
+            f"latent_dim {model.latent_dim} and images {model_shape}: decode with the checkpoint and "
+            f"config that wrote them, or {_MAKE_CODES} with this model."
+        )
+    return torch.from_numpy(mean)
 
 
 def _save_grid(images: Tensor, nrow: int) -> Callable[[BinaryIO], None]:
@@ -126,31 +149,29 @@ def _save_json(data: dict[str, Any]) -> Callable[[BinaryIO], None]:
     return lambda file: file.write((json.dumps(data, indent=2) + "\n").encode())
 
 
-class PredictionWriter(L.Callback):
+class PredictionWriter(BasePredictionWriter):
     """Writes samples, restorations, latent codes and decodings during ``vaezoo predict``.
 
     It acts only in ``trainer.predict``, over the official test split; in fit, validate and test it
-    does nothing and creates no folder. Rank 0 alone writes; under DDP the per-image results of all
-    processes are gathered first (see the module docstring for every file and its format).
+    does nothing and creates no folder. Rank 0 alone writes, under ``output_dir``:
 
-    Tasks:
+    * ``generate``: ``num_samples`` images E[x | z], z from the prior drawn with ``seed`` on the CPU
+      (the same images on any device) -> ``samples.pt`` (float32 ``(n, C, H, W)`` in [0, 1]), ``samples.png``.
+    * ``reconstruct`` (restore): every test image is corrupted (``corruption``) and reconstructed ->
+      ``reconstructions.pt`` (float16 ``(N, C, H, W)``), ``reconstructions.png`` (rows of three: clean,
+      corrupted, reconstructed) and ``restore_metrics.json``: ``corruption``, ``images``, the MSE of the
+      clean images against the corrupted inputs and against the reconstructions (per pixel over all N
+      images, [0, 1] units) and their PSNR ``10 log10(1 / MSE)`` dB (``null`` when the MSE is 0).
+    * ``encode`` (compress): the posterior of every clean test image -> ``codes.npz`` (``mean`` and
+      ``logvar`` float32 ``(N, L)``, ``label`` int64 ``(N,)``, ``image_shape``, ``latent_dim`` and
+      ``checkpoint``, ``""`` when none was loaded), ``compression.json`` (bytes per image: the 8-bit
+      image against a float32 and a float16 code, and the ratios).
+    * ``decode``: E[x | z = mean] of the codes in ``codes_path`` (a ``codes.npz`` from ``encode``) ->
+      ``decoded.pt`` (float16 ``(N, C, H, W)``), ``decoded.png``.
 
-    * ``generate``: ``num_samples`` images E[x | z] from z ~ N(0, I) drawn with ``seed`` on the CPU
-      (the same images on any device) -> ``samples.pt``, ``samples.png``.
-    * ``reconstruct`` (restore): every test image is corrupted (``corruption``) and reconstructed
-      from the corrupted input with ``model.reconstruct``. ``restore_metrics.json`` holds the MSE of
-      the clean images against the corrupted inputs and against the reconstructions (per pixel,
-      averaged over all pixels of all N images, [0, 1] units) and the PSNR of those MSEs
-      (``10 log10(1 / MSE)`` dB; ``null`` when the MSE is 0, i.e. infinite) ->
-      ``reconstructions.pt``, ``reconstructions.png``, ``restore_metrics.json``.
-    * ``encode`` (compress): the posterior mean and log-variance of every clean test image, with
-      its label -> ``codes.npz``; the code size against the raw image -> ``compression.json``.
-    * ``decode``: E[x | z = mean] of the codes in ``codes_path`` (a ``codes.npz`` from ``encode``)
-      -> ``decoded.pt``, ``decoded.png``.
-
-    "Clean" images are the test images as the DataModule delivers them (binarised where it
-    binarises). The output folder and the codes file are checked when predict starts, before the
-    first batch.
+    Grids show the first ``grid_images``, 8 per row. Whole-split images are float16 (a step of 2^-11
+    near 1, finer than 8-bit pixels). "Clean" images are the test images as the DataModule delivers
+    them (binarised where it binarises). The output folder and codes file are checked before the first batch.
 
     Args:
         output_dir: Folder for the files (created if missing).
@@ -180,7 +201,7 @@ class PredictionWriter(L.Callback):
         codes_path: str | None = None,
         grid_images: int = 64,
     ) -> None:
-        super().__init__()
+        super().__init__(write_interval="batch")
         unknown = sorted(set(tasks) - set(get_args(Task)))
         if unknown or not tasks:
             raise VAEZooError(
@@ -205,18 +226,10 @@ class PredictionWriter(L.Callback):
         self.mask_fraction = mask_fraction
         self.codes_path = codes_path
         self.grid_images = grid_images
-        self._reset()
-
-    def _reset(self) -> None:
-        # Per-batch results of this process, on the CPU, in batch order.
-        self._rows: dict[str, list[Tensor]] = {}
+        # This process's results on the CPU: "image" rows of every image, "grid" rows of the reconstruct grid's.
+        self._rows: dict[str, dict[str, list[Tensor]]] = {}
+        self._seen = 0  # images this process has predicted
         self._noise: torch.Generator | None = None
-        self._codes: np.ndarray | None = None  # (N, L) means read for decode
-
-    def _add(self, name: str, rows: Tensor) -> None:
-        self._rows.setdefault(name, []).append(rows.detach().cpu())
-
-    # ----- corruption --------------------------------------------------------------------------------
 
     def corrupt(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The corrupted copy of images ``x`` ``(B, C, H, W)`` in [0, 1] that ``reconstruct`` sees.
@@ -237,10 +250,26 @@ class PredictionWriter(L.Callback):
 
     # ----- Lightning hooks -----------------------------------------------------------------------------
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        # Lightning tracks batch indices only for a torch DataLoader and warns about any other loader; this
+        # writer counts the positions of vaezoo's own loader itself (write_on_batch_end). By its exact text.
+        warnings.filterwarnings("ignore", message="Couldn't infer the batch indices fetched from your dataloader: "
+                                                  "`TensorBatchLoader`")
+
     def on_predict_start(self, trainer: L.Trainer, pl_module: VAE) -> None:
         """Check the output folder (and the codes file), then generate and decode: no batches needed."""
-        self._reset()
-        problem = self._check_inputs(pl_module) if trainer.is_global_zero else None
+        self._rows, self._seen = {}, 0
+        # Lightning keeps the last tracked batch's indices across runs of one Trainer, and sets none for a loader
+        # it cannot track (vaezoo's): clear them, so a later run with vaezoo's loader counts its own positions.
+        trainer.predict_loop.current_batch_indices = []
+        codes, problem = None, None
+        if trainer.is_global_zero:
+            try:
+                self._check_output(pl_module)
+                codes = read_codes(self.codes_path, pl_module) if "decode" in self.tasks else None
+            except VAEZooError as err:
+                problem = str(err)
         # Every process raises the same error, so none waits on a collective the others never reach.
         problem = trainer.strategy.broadcast(problem, src=0)
         if problem:
@@ -249,56 +278,104 @@ class PredictionWriter(L.Callback):
             # One stream per process, seeded by (seed, rank); drawn on the CPU, the same on any device.
             state = np.random.SeedSequence([self.seed, trainer.global_rank]).generate_state(1, np.uint64)[0]
             self._noise = torch.Generator().manual_seed(int(state))
-        if trainer.is_global_zero:
-            with torch.no_grad(), trainer.precision_plugin.predict_step_context():
-                if "generate" in self.tasks:
-                    self._generate(pl_module)
-                if "decode" in self.tasks:
-                    self._decode(pl_module)
+        if not trainer.is_global_zero:
+            return
+        with trainer.precision_plugin.predict_step_context():
+            if "generate" in self.tasks:
+                samples = generate(pl_module, self.num_samples, self.seed)
+                self._write_images("samples", samples, torch.float32, f"generate: {len(samples)} samples", "png")
+            if codes is not None:
+                decoded = decode(pl_module, codes)
+                what = f"decode: {len(decoded)} codes from {self.codes_path}"
+                self._write_images("decoded", decoded, torch.float16, what, "pt")
 
-    def on_predict_batch_end(
+    def write_on_batch_end(
         self,
         trainer: L.Trainer,
         pl_module: VAE,
-        outputs: Any,
-        batch: Any,
+        prediction: dict[str, Tensor],
+        batch_indices: Sequence[int] | None,
+        batch: tuple[Tensor, Tensor],
         batch_idx: int,
-        dataloader_idx: int = 0,
+        dataloader_idx: int,
     ) -> None:
-        """Corrupt, reconstruct and encode one batch, keeping the results on the CPU."""
+        """Keep this batch's ``predict_step`` results that the tasks write, with their dataset indices."""
         if not {"reconstruct", "encode"} & set(self.tasks):
             return
-        x, labels = batch  # (B, C, H, W) float in [0, 1] on the device, (B,) int
-        with torch.no_grad(), trainer.precision_plugin.predict_step_context():
-            if "reconstruct" in self.tasks:
-                self._restore_batch(pl_module, x.float())
-            if "encode" in self.tasks:
-                posterior = pl_module.encode(x)  # (needs a one-layer Gaussian latent: checked at setup)
-                self._add("mean", posterior.mean.float())  # (B, L)
-                self._add("logvar", posterior.logvar.float())  # (B, L)
-                self._add("label", labels.long())  # (B,)
+        x = batch[0]  # (B, C, H, W) in [0, 1], on the device
+        if batch_indices:  # a torch DataLoader, whose sampler Lightning tracks (DistributedSampler included)
+            index = torch.as_tensor(list(batch_indices), dtype=torch.int64)
+        else:  # vaezoo's loaders: process r takes positions r, r + W, ... of the split, in order
+            index = trainer.global_rank + trainer.world_size * torch.arange(self._seen, self._seen + len(x))
+        self._seen += len(x)
+        rows = {"index": index}
+        if "encode" in self.tasks:
+            rows |= {"mean": prediction["mean"].float(), "logvar": prediction["logvar"].float(),
+                     "label": prediction["label"].long()}
+        if "reconstruct" in self.tasks:
+            clean = x.float()
+            corrupted = self.corrupt(clean, self._noise)
+            if self.corruption != "none":  # the prediction of the corrupted batch
+                with trainer.precision_plugin.predict_step_context():
+                    prediction = pl_module.predict_step((corrupted.to(x.dtype), batch[1]), batch_idx)
+            recon = prediction["reconstruction"].float()  # (B, C, H, W)
+            # Squared errors summed per image in float64: exact enough to add up over 10,000 images.
+            rows |= {"sse_corrupted": (corrupted - clean).double().pow(2).flatten(1).sum(1),
+                     "sse_reconstructed": (recon - clean).double().pow(2).flatten(1).sum(1),
+                     "reconstruction": recon.half()}
+            first = (index < self.grid_images).to(x.device)  # the grid's images, kept at full precision
+            if first.any():
+                self._keep("grid", {"index": index[first.cpu()], "clean": clean[first], "corrupted": corrupted[first],
+                                    "reconstructed": recon[first]})
+        self._keep("image", rows)
+
+    def _keep(self, group: str, rows: dict[str, Tensor]) -> None:
+        for name, value in rows.items():
+            self._rows.setdefault(group, {}).setdefault(name, []).append(value.detach().cpu())
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: VAE) -> None:
-        """Gather every process's rows (DDP) and write the reconstruct and encode files on rank 0."""
-        rows = {name: self._local(name, *spec) for name, spec in self._row_specs(pl_module).items()}
-        # All processes take part in every gather, in the same order.
-        rows = {name: _gather_rows(trainer.strategy, local) for name, local in rows.items()}
-        if trainer.is_global_zero:
-            if "reconstruct" in self.tasks:
-                self._write_restore(rows)
-            if "encode" in self.tasks:
-                self._write_codes(rows, pl_module, trainer.ckpt_path)
-        self._reset()
+        """Merge every process's rows in dataset order and write the reconstruct and encode files on rank 0."""
+        if not {"reconstruct", "encode"} & set(self.tasks):
+            return
+        local = {group: {name: torch.cat(parts) for name, parts in rows.items()} for group, rows in self._rows.items()}
+        self._rows = {}
+        shares = [local]
+        if trainer.world_size > 1:  # one file per process, merged by rank 0 once all are written
+            parts = [self.output_dir / f".predict-rank{r}.pt" for r in range(trainer.world_size)]
+            self.output_dir.mkdir(parents=True, exist_ok=True)  # rank 0 made it, on its node
+            atomic_write(parts[trainer.global_rank], lambda file: torch.save(local, file))
+            trainer.strategy.barrier("predict_writer")
+            if not trainer.is_global_zero:
+                return
+            unseen = [part.name for part in parts if not part.is_file()]
+            if unseen:
+                raise VAEZooError(f"the other processes' predictions ({', '.join(unseen)}) are not in {self.output_dir} "
+                                  f"on this node: make {_OPT}.output_dir a folder that every node sees.")
+            shares = [torch.load(part, weights_only=True) for part in parts]
+            for part in parts:
+                part.unlink()
+        merged = {}
+        for group in ("image", "grid"):
+            held = [share[group] for share in shares if group in share]  # a process with no images has no rows
+            if held:
+                merged[group] = in_dataset_order({name: torch.cat([h[name] for h in held]) for name in held[0]})
+        if "image" not in merged:
+            print("predict: the predict split holds no images; nothing written.", flush=True)
+            return
+        if "reconstruct" in self.tasks:
+            self._write_restore(merged["image"], merged["grid"])
+        if "encode" in self.tasks:
+            self._write_codes(merged["image"], pl_module, trainer.ckpt_path)
 
-    # ----- checks ----------------------------------------------------------------------------------------
+    # ----- writing ---------------------------------------------------------------------------------------
 
-    def _check_inputs(self, pl_module: VAE) -> str | None:
-        """The first problem with the model, the output folder or the codes file, as a user-facing message."""
+    def _check_output(self, pl_module: VAE) -> None:
+        """Refuse encode for a model without a Gaussian posterior, and an output folder that cannot be written."""
         # encode writes q(z | x) as (mean, logvar): one Gaussian layer, or a variant whose encode() gives the
         # Gaussian posterior of the decoder's code (hvae: q(z1 | x)).
         gaussian = isinstance(pl_module.latent, GaussianLatent) or type(pl_module).encode is not VAE.encode
         if "encode" in self.tasks and not gaussian:
-            return (
+            raise VAEZooError(
                 f"the encode task writes a one-layer Gaussian posterior (mean, logvar), but this model's latent is a "
                 f"{type(pl_module.latent).__name__} ({type(pl_module).__name__}). Drop encode from {_OPT}.tasks, e.g. "
                 f'"[generate, reconstruct]"; in Python, model(x).latent.posterior holds its codes.'
@@ -309,195 +386,61 @@ class PredictionWriter(L.Callback):
             probe.touch(exist_ok=False)
             probe.unlink()
         except OSError as err:
-            return (
+            raise VAEZooError(
                 f"Cannot write predictions to {self.output_dir} ({err.strerror or err}): "
                 f"choose another {_OPT}.output_dir, a folder you can create and write to."
-            )
-        if "decode" in self.tasks:
-            return self._load_codes(pl_module)
-        return None
+            ) from None
 
-    def _load_codes(self, pl_module: VAE) -> str | None:
-        """Read and check ``codes_path`` into ``self._codes``; the problem as a message, or None."""
-        make = f'run predict with {_OPT}.tasks "[encode]" to write codes.npz'
-        if self.codes_path is None:
-            return f"The decode task needs codes: {make}, then pass its path as {_OPT}.codes_path."
-        path = Path(self.codes_path)
-        if not path.is_file():
-            return f"{_OPT}.codes_path {path} does not exist: {make}, or point {_OPT}.codes_path at one."
-        try:
-            npz = np.load(path, allow_pickle=False)
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise ValueError("not an .npz archive")
-            with npz:
-                mean = npz["mean"].astype(np.float32)
-                latent_dim, image_shape = int(npz["latent_dim"]), tuple(int(s) for s in npz["image_shape"])
-        except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as err:
-            return (
-                f"{path} is not a codes file written by the encode task ({type(err).__name__}: {err}): "
-                f"{make} again, or point {_OPT}.codes_path at one."
-            )
-        model_shape = tuple(pl_module.image_shape)
-        if mean.ndim != 2 or mean.shape[1] != latent_dim:
-            return f"{path} is inconsistent: mean has shape {mean.shape} but latent_dim is {latent_dim}; {make} again."
-        if latent_dim != pl_module.latent_dim or image_shape != model_shape:
-            return (
-                f"{path} holds codes of latent_dim {latent_dim} for images {image_shape}, but the model has "
-                f"latent_dim {pl_module.latent_dim} and images {model_shape}: decode with the checkpoint and "
-                f"config that wrote them, or {make} with this model."
-            )
-        self._codes = mean
-        return None
+    def _write_images(self, name: str, images: Tensor, dtype: torch.dtype, what: str, shown: str) -> None:
+        """``<name>.pt`` (``images`` as ``dtype``), ``<name>.png`` (the first ``grid_images``, 8 per row), a line."""
+        atomic_write(self.output_dir / f"{name}.pt", _save_tensor(images.to(dtype)))
+        grid = images[: self.grid_images]
+        atomic_write(self.output_dir / f"{name}.png", _save_grid(grid, nrow=min(_GRID_ROW, len(grid))))
+        print(f"{what} -> {self.output_dir / f'{name}.{shown}'}", flush=True)
 
-    # ----- tasks -------------------------------------------------------------------------------------------
-
-    def _decode_means(self, pl_module: VAE, z: Tensor) -> Tensor:
-        """E[x | z] ``(n, C, H, W)`` float32 on the CPU for codes ``z`` ``(n, L)``, in chunks."""
-        out = [
-            pl_module.likelihood.mean(pl_module.decode(chunk.to(pl_module.device))).float().cpu()
-            for chunk in z.split(_CHUNK)
-        ]
-        return torch.cat(out)
-
-    def _generate(self, pl_module: VAE) -> None:
-        generator = torch.Generator().manual_seed(self.seed)  # drawn on the CPU: any device agrees
-        z = pl_module.sample_codes(self.num_samples, generator)  # (n, D), from the model's prior
-        samples = self._decode_means(pl_module, z)  # (n, C, H, W)
-        atomic_write(self.output_dir / "samples.pt", _save_tensor(samples))
-        atomic_write(self.output_dir / "samples.png", self._grid(samples))
-        print(f"generate: {len(samples)} samples -> {self.output_dir / 'samples.png'}", flush=True)
-
-    def _decode(self, pl_module: VAE) -> None:
-        assert self._codes is not None  # loaded by _check_inputs
-        decoded = self._decode_means(pl_module, torch.from_numpy(self._codes))  # (N, C, H, W)
-        atomic_write(self.output_dir / "decoded.pt", _save_tensor(decoded.half()))
-        atomic_write(self.output_dir / "decoded.png", self._grid(decoded))
-        print(f"decode: {len(decoded)} codes from {self.codes_path} -> {self.output_dir / 'decoded.pt'}", flush=True)
-
-    def _restore_batch(self, pl_module: VAE, x: Tensor) -> None:
-        corrupted = self.corrupt(x, self._noise)  # (B, C, H, W)
-        recon = pl_module.reconstruct(corrupted).float()  # (B, C, H, W)
-        # Squared errors summed per image in float64: exact enough to add up over 10,000 images.
-        self._add("sse_corrupted", (corrupted - x).double().pow(2).flatten(1).sum(1))  # (B,)
-        self._add("sse_reconstructed", (recon - x).double().pow(2).flatten(1).sum(1))  # (B,)
-        self._add("reconstruction", recon.half())
-        # The grid needs the first grid_images of the split: every process keeps its own first ones.
-        kept = sum(len(t) for t in self._rows.get("grid_clean", []))
-        if kept < self.grid_images:
-            take = self.grid_images - kept
-            self._add("grid_clean", x[:take])
-            self._add("grid_corrupted", corrupted[:take])
-            self._add("grid_reconstructed", recon[:take])
-
-    def _write_restore(self, rows: dict[str, Tensor]) -> None:
+    def _write_restore(self, rows: dict[str, Tensor], grid: dict[str, Tensor]) -> None:
         recon = rows["reconstruction"]  # (N, C, H, W) float16
-        n, pixels = len(recon), math.prod(recon.shape[1:])
-        if n == 0:
-            print("reconstruct: the predict split holds no images; nothing written.", flush=True)
-            return
-        mse_c = rows["sse_corrupted"].sum().item() / (n * pixels)
-        mse_r = rows["sse_reconstructed"].sum().item() / (n * pixels)
-        metrics = {
-            "corruption": self.corruption,
-            "mse_corrupted": mse_c,
-            "mse_reconstructed": mse_r,
-            "psnr_corrupted": psnr(mse_c),
-            "psnr_reconstructed": psnr(mse_r),
-            "images": n,
-        }
+        pixels = len(recon) * math.prod(recon.shape[1:])
+        mse_c, mse_r = (rows[f"sse_{part}"].sum().item() / pixels for part in ("corrupted", "reconstructed"))
+        metrics = {"corruption": self.corruption, "mse_corrupted": mse_c, "mse_reconstructed": mse_r,
+                   "psnr_corrupted": psnr(mse_c), "psnr_reconstructed": psnr(mse_r), "images": len(recon)}
         atomic_write(self.output_dir / "reconstructions.pt", _save_tensor(recon))
-        grid = [rows[f"grid_{part}"][: self.grid_images] for part in ("clean", "corrupted", "reconstructed")]
-        atomic_write(self.output_dir / "reconstructions.png", self._triplet_grid(*grid))
+        triplet = _triplet_grid(grid["clean"], grid["corrupted"], grid["reconstructed"])
+        atomic_write(self.output_dir / "reconstructions.png", triplet)
         atomic_write(self.output_dir / "restore_metrics.json", _save_json(metrics))
-        print(self._restore_line(metrics), flush=True)
 
-    def _restore_line(self, m: dict[str, Any]) -> str:
         def db(value: float | None) -> str:
             return "inf dB" if value is None else f"{value:.1f} dB"
 
         line = (
-            f"reconstruct ({self.corruption}, {m['images']} images): MSE to clean {m['mse_corrupted']:.4g} "
-            f"({db(m['psnr_corrupted'])}) corrupted, {m['mse_reconstructed']:.4g} ({db(m['psnr_reconstructed'])}) "
-            "reconstructed"
+            f"reconstruct ({self.corruption}, {len(recon)} images): MSE to clean {mse_c:.4g} ({db(psnr(mse_c))}) "
+            f"corrupted, {mse_r:.4g} ({db(psnr(mse_r))}) reconstructed"
         )
         if self.corruption != "none":
-            restored = m["mse_reconstructed"] < m["mse_corrupted"]
-            line += ": the VAE restores" if restored else ": the VAE does not restore (the corrupted input is closer)"
-        return f"{line} -> {self.output_dir / 'restore_metrics.json'}"
+            line += ": the VAE restores" if mse_r < mse_c else ": the VAE does not restore (the corrupted input is closer)"
+        print(f"{line} -> {self.output_dir / 'restore_metrics.json'}", flush=True)
 
     def _write_codes(self, rows: dict[str, Tensor], pl_module: VAE, ckpt: Any) -> None:
-        mean, logvar, label = rows["mean"], rows["logvar"], rows["label"]
-        shape, latent_dim = tuple(pl_module.image_shape), pl_module.latent_dim
+        mean, shape, latent_dim = rows["mean"], tuple(pl_module.image_shape), pl_module.latent_dim
 
-        def save(file: BinaryIO) -> None:
-            np.savez(
-                file,
-                mean=mean.numpy().astype(np.float32),
-                logvar=logvar.numpy().astype(np.float32),
-                label=label.numpy().astype(np.int64),
-                image_shape=np.asarray(shape, dtype=np.int64),
-                latent_dim=np.asarray(latent_dim, dtype=np.int64),
-                checkpoint=np.asarray("" if ckpt is None else str(ckpt)),
-            )
-
-        atomic_write(self.output_dir / "codes.npz", save)
-        raw = math.prod(shape)  # bytes per image at 8 bits per pixel
-        report = {
-            "images": len(mean),
-            "image_shape": list(shape),
-            "latent_dim": latent_dim,
-            "raw_bytes_per_image": raw,
-            "code_bytes_per_image_float32": 4 * latent_dim,
-            "code_bytes_per_image_float16": 2 * latent_dim,
-            "ratio_float32": raw / (4 * latent_dim),
-            "ratio_float16": raw / (2 * latent_dim),
-            "note": "posterior means only, not entropy-coded; the decoder's weights are not counted",
-        }
+        codes = {"mean": mean.numpy().astype(np.float32), "logvar": rows["logvar"].numpy().astype(np.float32),
+                 "label": rows["label"].numpy().astype(np.int64), "image_shape": np.asarray(shape, dtype=np.int64),
+                 "latent_dim": np.asarray(latent_dim, dtype=np.int64),
+                 "checkpoint": np.asarray("" if ckpt is None else str(ckpt))}
+        atomic_write(self.output_dir / "codes.npz", lambda file: np.savez(file, **codes))
+        raw, f32, f16 = math.prod(shape), 4 * latent_dim, 2 * latent_dim  # bytes per image: 8-bit pixels, codes
+        report = {"images": len(mean), "image_shape": list(shape), "latent_dim": latent_dim, "raw_bytes_per_image": raw,
+                  "code_bytes_per_image_float32": f32, "code_bytes_per_image_float16": f16,
+                  "ratio_float32": raw / f32, "ratio_float16": raw / f16,
+                  "note": "posterior means only, not entropy-coded; the decoder's weights are not counted"}
         atomic_write(self.output_dir / "compression.json", _save_json(report))
-        print(
-            f"encode: {len(mean)} codes -> {self.output_dir / 'codes.npz'}; per image {raw} B raw (8-bit) vs "
-            f"{4 * latent_dim} B float32 ({report['ratio_float32']:.1f}x smaller), "
-            f"{2 * latent_dim} B float16 ({report['ratio_float16']:.1f}x)",
-            flush=True,
-        )
+        print(f"encode: {len(mean)} codes -> {self.output_dir / 'codes.npz'}; per image {raw} B raw (8-bit) vs {f32} B "
+              f"float32 ({raw / f32:.1f}x smaller), {f16} B float16 ({raw / f16:.1f}x)", flush=True)
 
-    # ----- helpers -------------------------------------------------------------------------------------------
 
-    def _row_specs(self, pl_module: VAE) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """The per-image results the tasks collect: name -> (shape of one row, dtype).
-
-        The order is fixed: under DDP every process gathers them in this order.
-        """
-        image, code = tuple(pl_module.image_shape), (pl_module.latent_dim,)
-        specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-        if "reconstruct" in self.tasks:
-            specs["sse_corrupted"] = specs["sse_reconstructed"] = ((), torch.float64)
-            specs["reconstruction"] = (image, torch.float16)
-            for part in ("clean", "corrupted", "reconstructed"):
-                specs[f"grid_{part}"] = (image, torch.float32)
-        if "encode" in self.tasks:
-            specs["mean"] = specs["logvar"] = (code, torch.float32)
-            specs["label"] = ((), torch.int64)
-        return specs
-
-    def _local(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-        """This process's rows of ``name`` ``(n_rank, *shape)`` in batch order (none: an empty tensor)."""
-        if self._rows.get(name):
-            return torch.cat(self._rows[name]).to(dtype)
-        return torch.zeros((0, *shape), dtype=dtype)
-
-    def _grid(self, images: Tensor) -> Callable[[BinaryIO], None]:
-        """A PNG of the first ``grid_images`` of ``images`` ``(n, C, H, W)``, 8 per row."""
-        images = images[: self.grid_images]
-        return _save_grid(images, nrow=min(_GRID_ROW, len(images)))
-
-    def _triplet_grid(self, clean: Tensor, corrupted: Tensor, recon: Tensor) -> Callable[[BinaryIO], None]:
-        """A PNG whose rows come in threes: clean, corrupted and reconstructed, the same images per column."""
-        nrow = min(_GRID_ROW, len(clean))
-        rows = []
-        for start in range(0, len(clean), nrow):
-            for part in (clean, corrupted, recon):
-                chunk = part[start : start + nrow].float()  # (<= nrow, C, H, W)
-                blank = chunk.new_zeros((nrow - len(chunk), *chunk.shape[1:]))  # fill a short last row
-                rows.append(torch.cat([chunk, blank]))
-        return _save_grid(torch.cat(rows), nrow=nrow)
+def _triplet_grid(clean: Tensor, corrupted: Tensor, recon: Tensor) -> Callable[[BinaryIO], None]:
+    """A PNG whose rows come in threes: clean, corrupted and reconstructed, the same images per column."""
+    nrow = min(_GRID_ROW, len(clean))
+    blank = clean.new_zeros((-len(clean) % nrow, *clean.shape[1:]))  # fills a short last row
+    parts = [torch.cat([part.float(), blank]).unflatten(0, (-1, nrow)) for part in (clean, corrupted, recon)]
+    return _save_grid(torch.stack(parts, 1).flatten(0, 2), nrow=nrow)  # (rows, 3, nrow, C, H, W): rows in threes

@@ -567,6 +567,13 @@ class VAE(L.LightningModule):
         self._step(batch, "test")
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """The prediction of images ``x`` ``(B, C, H, W)`` in [0, 1] with labels ``y`` ``(B,)``: what ``vaezoo predict``
+        writes (:class:`~vaezoo.callbacks.PredictionWriter`, which adds each image's dataset index).
+
+        Returns:
+            The latent's ``posterior`` (``mean`` and ``logvar`` ``(B, L)`` for a Gaussian, ``indices`` for VQ),
+            ``reconstruction`` ``(B, C, H, W)``: E[x | z = the code of x] as :meth:`reconstruct`, and ``label``.
+        """
         x, y = batch
         latent = self.latent(self.net.encoder(x), 1)
         return {**latent.posterior, "reconstruction": self.likelihood.mean(self.decode(latent.point)), "label": y}

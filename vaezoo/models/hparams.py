@@ -17,6 +17,8 @@ from typing import Any
 
 from torch import nn
 
+from vaezoo.introspect import init_parameters
+
 # Lightning's own instantiator for LightningCLI checkpoints: parses the config with jsonargparse.
 INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 _PLAIN = (str, int, float, bool, type(None))
@@ -31,19 +33,6 @@ def class_path(cls: type) -> str:
     if "<locals>" in cls.__qualname__ or cls.__module__ == "__main__":
         raise Unrepresentable(f"{cls.__qualname__} is not importable (defined in a function or in __main__)")
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def init_parameters(cls: type) -> list[str]:
-    """The keyword arguments ``cls(...)`` accepts, through ``**kwargs`` passed on to base classes."""
-    names: list[str] = []
-    for klass in cls.__mro__:
-        if klass is object or "__init__" not in vars(klass):
-            continue
-        params = inspect.signature(klass.__init__).parameters.values()
-        names += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
-    return list(dict.fromkeys(names))
 
 
 def as_config(value: Any) -> Any:

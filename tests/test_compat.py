@@ -1,0 +1,87 @@
+"""Each private use of a library in :mod:`vaezoo.compat` against the installed versions: these fail, naming
+the module to update, when jsonargparse or Lightning change underneath."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from jsonargparse import ArgumentParser, _typehints
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from vaezoo import compat
+from vaezoo.models import VAE
+from vaezoo.models.beta import BetaVAE
+from vaezoo.registry import resolve_name, unknown_name_message
+
+UPDATE = "jsonargparse or Lightning changed: update vaezoo/compat.py (and the versions it names)"
+
+
+class Encoder:
+    """A class for jsonargparse to build, with one option."""
+
+    def __init__(self, width: int = 4) -> None:
+        self.width = width
+
+
+def test_registry_names_resolve_through_jsonargparses_hook() -> None:
+    signature = inspect.signature(_typehints.resolve_class_path_by_name)
+    assert list(signature.parameters)[:2] == ["cls", "name"], UPDATE
+    compat.use_registry_names(resolve_name, unknown_name_message)
+    compat.use_registry_names(resolve_name, unknown_name_message)  # idempotent: wrapped once
+    assert _typehints.resolve_class_path_by_name(VAE, "beta") == f"{BetaVAE.__module__}.BetaVAE"
+    with pytest.raises(ValueError, match="unknown variant 'betaa'. Did you mean 'beta'"):
+        _typehints.resolve_class_path_by_name(VAE, "betaa")
+    # and jsonargparse itself goes through it: a registry name where a class is expected
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--model", type=VAE)
+    assert parser.parse_args(["--model", "beta"]).model.class_path == f"{BetaVAE.__module__}.BetaVAE", UPDATE
+
+
+def test_model_checkpoint_has_what_save_now_and_both_triggers_use() -> None:
+    callback = ModelCheckpoint(every_n_train_steps=5)
+    for name in ("_every_n_epochs", "_last_global_step_saved"):
+        assert hasattr(callback, name), f"{UPDATE}: ModelCheckpoint.{name}"
+    for name, params in (("_monitor_candidates", ["trainer"]), ("_save_topk_checkpoint", ["trainer", "monitor_candidates"]),
+                         ("_save_last_checkpoint", ["trainer", "monitor_candidates"])):
+        method = getattr(ModelCheckpoint, name, None)
+        assert method is not None, f"{UPDATE}: ModelCheckpoint.{name}"
+        assert list(inspect.signature(method).parameters)[1:] == params, f"{UPDATE}: ModelCheckpoint.{name}"
+    compat.save_on_epochs_too(callback)
+    assert callback._every_n_epochs == 1 and callback._every_n_train_steps == 5
+
+
+def _message(parser: ArgumentParser, args: list[str]) -> str:
+    with pytest.raises(Exception) as caught:  # noqa: PT011 (jsonargparse's ArgumentError, whatever its wrapping)
+        parser.parse_args(args)
+    return str(caught.value)
+
+
+def test_jsonargparse_error_text_still_matches_the_patterns() -> None:
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--net", type=Encoder)
+    parser.add_argument("--trainer", type=dict)
+    parser.add_argument("--seed", type=int, required=True)
+
+    message = _message(parser, ["--seed", "0", "--net", f"{__name__}.Encoder", "--net.widht", "3"])
+    assert (match := compat.OPTION.search(message)) and match[1] == "widht", (UPDATE, message)
+    assert f"{__name__}.Encoder" in compat.CLASS_PATH.findall(message), (UPDATE, message)
+    joined = " ".join(line.strip() for line in message.splitlines())  # as vaezoo.parser.explain joins them
+    assert compat.PARSER_KEY.search(joined) and compat.PROBLEM_CLASS.search(joined), (UPDATE, message)
+
+    message = _message(parser, ["--net", f"{__name__}.Encoder"])
+    assert (match := compat.REQUIRED.search(message.strip())) and "seed" in match[1], (UPDATE, message)
+
+    message = _message(parser, ["--seed", "0", "--sed", "1"])
+    assert (match := compat.UNRECOGNIZED.search(message)) and match[1] == "--sed", (UPDATE, message)
+
+    subcommands = ArgumentParser(exit_on_error=False)
+    fit = ArgumentParser(exit_on_error=False)
+    fit.add_argument("--seed", type=int, default=0)
+    subcommands.add_subcommands().add_subcommand("fit", fit)
+    try:
+        subcommands.parse_object({"fit": {"sed": 1}})
+        message = ""
+    except Exception as err:  # noqa: BLE001
+        message = str(err)
+    assert (match := compat.SUBCOMMAND_OPTION.search(message)) and match[1] == "sed", (UPDATE, message)

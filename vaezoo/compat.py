@@ -1,0 +1,85 @@
+"""Every place where vaezoo relies on what jsonargparse or Lightning do not publish, with why.
+
+Checked against jsonargparse 4.53.0 and lightning 2.6.6. ``tests/test_compat.py`` runs each against the
+installed versions and fails when one changes underneath, naming this module.
+
+1. Registry names as class names (``--model beta``, ``net: conv``). jsonargparse resolves a bare class
+   name by the ``__name__`` of the imported subclasses of the expected type, in the private
+   ``jsonargparse._typehints.resolve_class_path_by_name``, and has no public hook for aliases.
+2. "Save now" and "both triggers" for a ModelCheckpoint. Lightning saves only from its hooks; the
+   latest state on SIGTERM needs the three private methods its ``on_train_batch_end`` calls, and
+   saving on steps and epochs at once needs the private ``_every_n_epochs`` set after its argument check.
+3. The text of jsonargparse's parse errors. They are strings only (no error type or field names the
+   offending option), so the short messages of :mod:`vaezoo.parser` read them with these patterns.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+
+from jsonargparse import _typehints
+from lightning import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+# ----- 1. registry names ----------------------------------------------------------------------------
+
+
+def use_registry_names(resolve_name: Callable[[str, tuple[type, ...]], str | None],
+                       unknown_name_message: Callable[[str, tuple[type, ...]], str | None]) -> None:
+    """Let jsonargparse take registry names wherever it takes a class name (idempotent).
+
+    The wrapper answers only for bare names that ``resolve_name`` knows for the expected base classes, and
+    turns an unknown bare name into ``unknown_name_message``'s list of the known ones.
+    """
+    original: Callable[..., str] = _typehints.resolve_class_path_by_name
+    if getattr(original, "_vaezoo", False):
+        return
+
+    def resolve(cls: type | tuple[type, ...], name: str) -> str:
+        if not isinstance(name, str) or "." in name:
+            return original(cls, name)
+        bases = tuple(t for t in (cls if isinstance(cls, tuple) else (cls,)) if inspect.isclass(t))
+        path = resolve_name(name, bases) or original(cls, name)
+        if "." not in path and (message := unknown_name_message(name, bases)):
+            raise ValueError(message)
+        return path
+
+    resolve._vaezoo = True  # type: ignore[attr-defined]
+    _typehints.resolve_class_path_by_name = resolve
+
+
+# ----- 2. ModelCheckpoint ---------------------------------------------------------------------------
+
+
+def save_on_epochs_too(callback: ModelCheckpoint) -> None:
+    """Make a step-triggered ModelCheckpoint save at every epoch's end as well: its ``__init__`` refuses both
+    triggers, but its hooks honour both."""
+    callback._every_n_epochs = 1
+
+
+def save_checkpoint_now(callback: ModelCheckpoint, trainer: Trainer) -> None:
+    """Save as ``on_train_batch_end`` would when a trigger fires: the top-k file, then ``last``. Nothing when
+    this step is already saved. Call it on every process (it holds collectives)."""
+    if callback._last_global_step_saved != trainer.global_step or not callback.best_model_path:
+        candidates = callback._monitor_candidates(trainer)
+        callback._save_topk_checkpoint(trainer, candidates)
+        callback._save_last_checkpoint(trainer, candidates)
+
+
+# ----- 3. jsonargparse's error text -----------------------------------------------------------------
+
+# Lines of its messages that describe its attempts (the alternatives of a Union it tried), not the problem.
+NOISE = re.compile(
+    r"^\s*(- )?(Does not validate against any of the Union subtypes|Subtypes: |Errors:$|Given value type: |Given value: "
+    r"|Expected a <class 'NoneType'>|Expected a path but .* either not accessible or invalid)"
+)
+CLASS_PATH = re.compile(r"class_path[ =]'([\w.]+)'")  # the class whose option was refused
+OPTION = re.compile(r"Option '([\w.]+)' is not accepted")  # an init argument the class does not take
+SUBCOMMAND_OPTION = re.compile(r"does not accept option '([\w.]+)'")  # a config key the subcommand lacks
+SECTION_CONFIG = re.compile(r"Parser key \"([\w.]+)\":\s*Unable to load config '(.*?)'\n")  # --trainer VALUE
+REQUIRED = re.compile(r"the following arguments are required: ([\w., ]+)$")  # argparse's own wording
+UNRECOGNIZED = re.compile(r"unrecognized arguments: (--[\w.]+)")  # argparse's own wording
+PARSER_KEY = re.compile(r'Parser key "([\w.]+)": ')
+PROBLEM_CLASS = re.compile(r"Problem with given class_path '([\w.]+)': ")
