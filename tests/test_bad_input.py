@@ -282,25 +282,23 @@ def test_checkpoint_of_another_model_is_announced_and_run_settings_stay(trained:
     assert type(model.net).__name__ == "MLPNet" and model.iw_samples["test"] == 3
 
 
-def test_checkpoint_for_other_images_is_named(trained: Path, tiny_cifar: Path, capsys) -> None:
-    err = fails(capsys, "test", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), "--data", "cifar10",
-                "--data.root", str(tiny_cifar), *QUICK, "--ckpt_path", str(trained))
-    assert (f"--ckpt_path {trained} holds a model trained on 1x28x28 images (mnist), but this config's data are "
-            "3x32x32 images (cifar10)") in err
-
-
-def test_cifar_conv_checkpoint_on_mnist_names_the_datasets(data: Path, tiny_cifar: Path, capsys) -> None:
-    """The conv net of the checkpoint cannot be built for 28x28 images: the cause is the data, not the layers."""
-    cifar_conv = str(REPO / "configs" / "cifar_conv.yaml")
-    code, _, err = run_cli("fit", "--config", cifar_conv, "--data.root", str(tiny_cifar), *QUICK,
-                           "--model.net.channels", "[4, 4, 4]", "--model.latent_dim", "2", capsys=capsys)
+@pytest.mark.parametrize("trained_on", ["mnist", "cifar10"])
+def test_checkpoint_for_other_images_names_both_datasets(trained_on: str, data: Path, tiny_cifar: Path, capsys) -> None:
+    """The checkpoint's net cannot be built for, or run on, the other images: the cause is the data, not the layers."""
+    runs = {"mnist": ("mnist_mlp", "1x28x28", ["--data.root", str(data)]),
+            "cifar10": ("cifar_conv", "3x32x32", ["--data.root", str(tiny_cifar), "--model.net.channels", "[4, 4, 4]",
+                                                  "--model.latent_dim", "2"])}
+    (recipe, shape, args), (other_recipe, other_shape, other_args) = runs.pop(trained_on), *runs.values()
+    code, _, err = run_cli("fit", "--config", str(REPO / "configs" / f"{recipe}.yaml"), *args, *QUICK, capsys=capsys)
     assert code == 0, err
-    ckpt = Path("runs/cifar_conv/version_0/checkpoints/last.ckpt").resolve()
-    err = fails(capsys, "test", "--config", str(REPO / "configs" / "mnist_conv.yaml"), "--data.root", str(data),
-                *QUICK, "--ckpt_path", str(ckpt))
-    assert (f"vaezoo: error: --ckpt_path {ckpt} holds a model trained on 3x32x32 images (cifar10), but this config's "
-            "data are 1x28x28 images (mnist): a model runs only on images of the shape it was trained on. Run it with "
-            "--data cifar10 (or with the config.yaml of its run folder), or use a checkpoint trained on mnist.") in err
+    ckpt = Path(f"runs/{recipe}/version_0/checkpoints/last.ckpt").resolve()
+    other = "cifar10" if trained_on == "mnist" else "mnist"
+    err = fails(capsys, "test", "--config", str(REPO / "configs" / f"{other_recipe}.yaml"), *other_args, *QUICK,
+                "--ckpt_path", str(ckpt))
+    assert (f"vaezoo: error: --ckpt_path {ckpt} holds a model trained on {shape} images ({trained_on}), but this "
+            f"config's data are {other_shape} images ({other}): a model runs only on images of the shape it was "
+            f"trained on. Run it with --data {trained_on} (or with the config.yaml of its run folder), or use a "
+            f"checkpoint trained on {other}.") in err
     assert "fewer layers" not in err
 
 

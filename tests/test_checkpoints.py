@@ -26,15 +26,16 @@ FAST = ["--data.val_size", "16", "--data.batch_size", "8", "--model.iw_samples",
 def test_latest_checkpoint_saves_every_n_steps_and_at_every_epoch_end(tiny_mnist, tmp_path: Path) -> None:
     saved: list[int] = []
 
-    class Spy(LatestCheckpoint):
-        def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-            saved.append(trainer.global_step)
-            super()._save_checkpoint(trainer, filepath)
+    class Spy(L.Callback):
+        """Lightning calls every callback's hook with each checkpoint it writes."""
+
+        def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+            saved.append(checkpoint["global_step"])
 
     dm = MNISTDataModule(root=str(tiny_mnist[0]), val_size=16, batch_size=8)  # 6 steps per epoch
     trainer = L.Trainer(max_epochs=2, limit_val_batches=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path,
-                        callbacks=[Spy(every_n_train_steps=4, dirpath=str(tmp_path / "ckpt"))])
+                        callbacks=[LatestCheckpoint(every_n_train_steps=4, dirpath=str(tmp_path / "ckpt")), Spy()])
     trainer.fit(VAE(latent_dim=4, iw_samples=None), dm)
     assert saved == [4, 6, 8, 12]  # steps 4 and 8, and the ends of epochs 0 and 1 (steps 6 and 12)
     files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())

@@ -117,10 +117,16 @@ class KeyedNoiseVAE(VAE):
     def build_latent(self, latent_dim, prior):
         return KeyedLatent(latent_dim, prior)
 
-    def _step(self, batch, stage):
+    def training_step(self, batch, batch_idx):
+        return self.keyed(super().training_step, batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        return self.keyed(super().validation_step, batch, batch_idx)
+
+    def keyed(self, step, batch, batch_idx):
         self.latent.keys, self.latent.step = batch[1].cpu(), self.global_step
         try:
-            return super()._step(batch, stage)
+            return step(batch, batch_idx)
         finally:
             self.latent.keys = None
 '''

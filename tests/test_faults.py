@@ -149,27 +149,6 @@ def test_true_precisions_get_batches_in_the_weights_dtype(precision: str, tiny_m
     assert torch.isfinite(trainer.callback_metrics["train/loss_step"])
 
 
-@pytest.mark.parametrize(
-    ("other", "expected"),
-    [({"latent_dim": 6}, r"latent_dim 4 \(checkpoint\) vs 6 \(config\)"),
-     ({"latent_dim": 4, "beta": 2.0}, r"variant .*VAE \(checkpoint\) vs vaezoo.models.beta.BetaVAE \(config\)")],
-)
-def test_a_checkpoint_of_another_model_is_named(other: dict, expected: str, tiny_mnist, tmp_path: Path) -> None:
-    from vaezoo import BetaVAE
-
-    dm = MNISTDataModule(root=str(tiny_mnist[0]), val_size=16, batch_size=8)
-    trainer = _trainer(tmp_path)
-    trainer.fit(VAE(latent_dim=4, iw_samples=None), dm)
-    ckpt = tmp_path / "vae.ckpt"
-    trainer.save_checkpoint(ckpt)
-    checkpoint = torch.load(ckpt, weights_only=False)
-    checkpoint["hyper_parameters"]["_class_path"] = "vaezoo.models.base.VAE"  # as the CLI records it
-    torch.save(checkpoint, ckpt)
-    model = (BetaVAE if "beta" in other else VAE)(iw_samples=None, **other)
-    with pytest.raises(VAEZooError, match=expected):
-        _trainer(tmp_path).test(model, dm, ckpt_path=str(ckpt), weights_only=False)
-
-
 def test_deferred_check_stops_before_any_checkpoint_after_the_bad_step(tiny_mnist, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """On a GPU, `stop` records the first non-finite step on the device and reads it only when metrics

@@ -15,6 +15,7 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
+import yaml
 from torch import Tensor, nn
 
 import vaezoo
@@ -22,6 +23,7 @@ from vaezoo.callbacks import fid as fid_module
 from vaezoo.callbacks.fid import FID, WEIGHTS_FILE, WEIGHTS_URL, cached_weights_path
 from vaezoo.data.mnist import MNISTDataModule
 from vaezoo.errors import VAEZooError
+from tests.test_cli import run_cli
 
 # Lightning 2.6 calls a torch.utils._pytree API that torch 2.14 deprecates (vaezoo.cli filters it too).
 pytestmark = pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated")
@@ -35,14 +37,17 @@ class SmallNet(nn.Module):
     """(N, 3, H, W) -> 4x4 average pool -> fixed random projection -> (N, 16) features.
 
     ``padding`` is a large unused buffer: a checkpoint holding the extractor shows in its size.
+    ``images`` counts the images it has seen.
     """
 
     def __init__(self, padding: int = 0) -> None:
         super().__init__()
         self.register_buffer("proj", torch.randn(48, 16, generator=torch.Generator().manual_seed(0)))
         self.register_buffer("padding", torch.zeros(padding))
+        self.images = 0
 
     def forward(self, x: Tensor) -> Tensor:
+        self.images += len(x)
         return nn.functional.adaptive_avg_pool2d(x, 4).flatten(1) @ self.proj  # (N, 48) @ (48, 16)
 
 
@@ -111,7 +116,8 @@ def test_grey_is_repeated_to_rgb_values_clamped_and_batches_chunked() -> None:
 
 
 def test_test_run_logs_fid_and_checkpoints_hold_no_extractor(tiny_mnist, tmp_path: Path, capsys) -> None:
-    fid = FID(feature=SmallNet(padding=1_000_000), num_samples=16)  # 4 MB of extractor buffers
+    net = SmallNet(padding=1_000_000)  # 4 MB of extractor buffers
+    fid = FID(feature=net, num_samples=16)
     torch.manual_seed(0)
     model, dm = vaezoo.VAE(latent_dim=4), MNISTDataModule(str(tiny_mnist[0]), val_size=16, batch_size=8)
     trainer = make_trainer(tmp_path, fid)
@@ -121,7 +127,12 @@ def test_test_run_logs_fid_and_checkpoints_hold_no_extractor(tiny_mnist, tmp_pat
     first = trainer.callback_metrics["test/fid"].item()
     assert first > 0 and torch.isfinite(torch.tensor(first))
     assert "test/fid" in capsys.readouterr().out  # in the printed results table
-    trainer.test(model, datamodule=dm)  # the same z (seed) and the cached real features: the same FID
+    seen = net.images
+    trainer.test(model, datamodule=dm)  # the same z (seed) and the kept real statistics: the same FID
+    assert trainer.callback_metrics["test/fid"].item() == pytest.approx(first, rel=1e-6)
+    assert net.images - seen == 16  # only the generated images: the real ones were extracted once
+    trainer.test(model, datamodule=MNISTDataModule(str(tiny_mnist[0]), val_size=16, batch_size=8))
+    assert net.images - seen == 16 + 32  # another DataModule: its real images are extracted afresh
     assert trainer.callback_metrics["test/fid"].item() == pytest.approx(first, rel=1e-6)
     torch.manual_seed(1)
     make_trainer(tmp_path).test(model, datamodule=dm)  # the same run without FID
@@ -139,7 +150,7 @@ def test_val_fid_every_n_validation_runs(tiny_mnist, tmp_path: Path) -> None:
     fid = FID(feature=SmallNet(), num_samples=16, every_n_val_epochs=2)
     computed = []
     compute = fid.compute
-    fid.compute = lambda: computed.append(compute()) or computed[-1]  # type: ignore[method-assign]
+    fid.compute = lambda **kw: computed.append(compute(**kw)) or computed[-1]  # type: ignore[method-assign]
     model, dm = vaezoo.VAE(latent_dim=4), MNISTDataModule(str(tiny_mnist[0]), val_size=16, batch_size=8)
     trainer = make_trainer(tmp_path, fid, max_epochs=3, limit_train_batches=1)
     trainer.fit(model, datamodule=dm)
@@ -186,13 +197,25 @@ def test_missing_weights_offline_say_where_to_put_them(
     message = str(caught.value)
     cache = tmp_path / "torch" / "hub" / "checkpoints" / WEIGHTS_FILE
     assert cached_weights_path() == cache
-    flag = "--trainer.callbacks.feature_extractor_weights_path"
-    for part in (WEIGHTS_FILE, WEIGHTS_URL, str(cache), "$TORCH_HOME", flag):  # the file, and both places for it
+    for part in (WEIGHTS_FILE, WEIGHTS_URL, str(cache), "$TORCH_HOME", "feature_extractor_weights_path"):
         assert part in message
     error = caught.value  # no urllib traceback chained behind it (`from None`)
     assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
     assert offline_hub == ([] if offline_var else [WEIGHTS_URL])  # HF_HUB_OFFLINE: not even tried
     assert not cache.exists()
+
+
+@needs_fidelity
+def test_missing_weights_hint_names_an_option_the_cli_takes(
+    monkeypatch: pytest.MonkeyPatch, offline_hub: list[str], capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(VAEZooError) as caught:
+        FID(feature=64).build_metric()
+    option = re.search(rf"(--\S+) /path/to/{re.escape(WEIGHTS_FILE)}", str(caught.value)).group(1)
+    code, out, err = run_cli("fit", option, "/w/weights.pth", "--print_config", capsys=capsys)
+    assert code == 0, err
+    assert yaml.safe_load(out)["fid"]["feature_extractor_weights_path"] == "/w/weights.pth"
 
 
 @needs_fidelity
@@ -263,10 +286,15 @@ from vaezoo.data.mnist import MNISTDataModule
 from tests.test_fid import SmallNet
 
 class Counting(FID):
-    def compute(self):
-        local = [int(self.metric.real_features_num_samples), int(self.metric.fake_features_num_samples)]
-        value = super().compute().item()
-        print("RESULT " + json.dumps({"counts": local, "fid": value}), flush=True)
+    counts = {True: 0, False: 0}  # this process's real and generated images
+
+    def update(self, images, real):
+        self.counts[real] += len(images)
+        super().update(images, real)
+
+    def compute(self, **kwargs):
+        value = super().compute(**kwargs).item()
+        print("RESULT " + json.dumps({"counts": [self.counts[True], self.counts[False]], "fid": value}), flush=True)
         return torch.tensor(value)
 
 torch.manual_seed(0)

@@ -13,7 +13,7 @@ import yaml
 from tests.plugins import DEMO_VARIANT, write_plugin
 from tests.test_cli import REPO
 from vaezoo.errors import VAEZooError
-from vaezoo.registry import NETS, VARIANTS, Registry, format_table
+from vaezoo.registry import DATASETS, LIKELIHOODS, NETS, VARIANTS, Registry, format_table
 
 
 @pytest.fixture
@@ -93,10 +93,17 @@ def test_entry_point_naming_a_function_or_a_constant_warns_by_name(site: Path) -
     assert reg.names() == ["fine"]
 
 
-def test_plugins_that_exit_or_name_no_class_do_not_stop_vaezoo_variants(tmp_path: Path) -> None:
+def test_plugins_that_exit_name_no_class_or_take_a_builtin_name_do_not_stop_vaezoo_variants(tmp_path: Path) -> None:
     """Through the real command: before, a plugin's sys.exit() at import ended `vaezoo variants` with no output."""
     site = write_plugin(tmp_path / "site", "vz-exits", "vz_exits", "import sys\n\nsys.exit(3)\n",
                         {"vaezoo.variants": {"exits": "vz_exits:Anything"}})
+    write_plugin(site, "vz-clash", "vz_clash", '''
+        from vaezoo import VAE, register_variant
+
+        @register_variant("beta")
+        class MyBeta(VAE):
+            """Clashes with the built-in beta."""
+    ''', {"vaezoo.variants": {"mybeta": "vz_clash:MyBeta"}})
     write_plugin(site, "vz-function", "vz_function", "def helper():\n    pass\n",
                  {"vaezoo.nets": {"helper": "vz_function:helper"}})
     write_plugin(site, "vaezoo-halfkl", "vz_halfkl", DEMO_VARIANT,
@@ -110,6 +117,10 @@ def test_plugins_that_exit_or_name_no_class_do_not_stop_vaezoo_variants(tmp_path
             "it called sys.exit(3) when imported") in done.stderr
     assert "vaezoo net plugin 'helper' (vz_function:helper, from vz-function 0.1) names an object of type function" in (
         done.stderr)
+    assert ("vaezoo variant plugin 'mybeta' (vz_clash:MyBeta, from vz-clash 0.1) failed to load and is skipped: "
+            "VAEZooError: variant name 'beta' is already registered by vaezoo.models.beta.BetaVAE") in done.stderr
+    assert "[vaezoo: vaezoo.models.beta.BetaVAE]" in next(line for line in done.stdout.splitlines()
+                                                          if line.split()[:1] == ["beta"])
 
 
 def test_class_path_of_a_module_in_the_working_directory(tmp_path: Path) -> None:
@@ -142,31 +153,20 @@ def test_class_path_of_a_module_in_the_working_directory(tmp_path: Path) -> None
     assert printed["class_path"] == "my_vaes.FreeBitsVAE" and printed["init_args"]["lam"] == 0.25
 
 
-def test_plugin_taking_a_builtin_name_warns_and_keeps_the_builtin(site: Path) -> None:
-    write_plugin(site, "vz-clash", "vz_test_clash", '''
-        from vaezoo import VAE, register_variant
-
-        @register_variant("beta")
-        class MyBeta(VAE):
-            """Clashes with the built-in beta."""
-    ''', {"vaezoo.variants": {"mybeta": "vz_test_clash:MyBeta"}})
-    VARIANTS._plugins_loaded = False
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            VARIANTS.load_plugins()
-    finally:
-        VARIANTS._plugins_loaded = True
-    messages = [str(w.message) for w in caught]
-    assert any("'mybeta'" in m and "'beta' is already registered by vaezoo.models.beta.BetaVAE" in m for m in messages)
-    assert VARIANTS.get("beta").__name__ == "BetaVAE"
-
-
-def test_package_exports_every_public_name_lazily() -> None:
+def test_package_exports_the_registered_classes() -> None:
+    """`from vaezoo import *` gives every name of __all__, and each exported variant, net and likelihood is the
+    class the CLI builds by its registered name."""
     import vaezoo
 
-    assert sorted(vaezoo._EXPORTS) == sorted(n for n in vaezoo.__all__ if n != "__version__")
-    for name in vaezoo.__all__:
-        assert getattr(vaezoo, name) is not None
+    exported: dict = {}
+    exec("from vaezoo import *", exported)  # noqa: S102 (the names load on first use: a missing one raises)
+    assert set(exported) - {"__builtins__"} == set(vaezoo.__all__)
+    builtin = [e for r in (VARIANTS, NETS, LIKELIHOODS) for e in r if e.class_path.startswith("vaezoo.")]
+    assert {e.cls.__name__ for e in builtin} >= {"VAE", "BetaVAE", "IWAE", "MLPNet", "ConvNet", "Bernoulli"}
+    for entry in builtin:
+        assert exported[entry.cls.__name__] is entry.cls, entry.name
+    for registry, name in ((VARIANTS, "register_variant"), (NETS, "register_net"), (DATASETS, "register_dataset"),
+                           (LIKELIHOODS, "register_likelihood")):
+        assert exported[name] == registry.register
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         vaezoo.Nope  # noqa: B018

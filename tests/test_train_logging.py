@@ -14,7 +14,8 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor
 
 from vaezoo.data.mnist import MNISTDataModule
-from vaezoo.models import VAE
+from vaezoo.models import VAE, VAEOutput
+from vaezoo.models.base import Context
 
 TERMS = ("loss", "elbo", "recon", "kl")
 
@@ -26,9 +27,12 @@ class RecordingVAE(VAE):
         super().__init__(**kwargs)
         self.seen: list[dict[str, Tensor]] = []
 
-    def _accumulate_train_terms(self, terms: dict[str, Tensor], batch_size: int) -> None:
-        self.seen.append({name: value.detach().double().expand(batch_size).clone() for name, value in terms.items()})
-        super()._accumulate_train_terms(terms, batch_size)
+    def objective(self, x: Tensor, out: VAEOutput, context: Context) -> dict[str, Tensor]:
+        terms = super().objective(x, out, context)  # loss (B,): -ELBO per image
+        if context.stage == "train":
+            record = {"loss": terms["loss"], "elbo": out.elbo, "recon": out.recon, "kl": out.kl}
+            self.seen.append({name: value.detach().double().clone() for name, value in record.items()})
+        return terms
 
 
 def _means(records: list[dict[str, Tensor]]) -> dict[str, float]:

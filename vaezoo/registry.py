@@ -1,4 +1,5 @@
-"""Name -> class registries for variants, nets, datasets, likelihoods and loggers, fed by a decorator and by plugins.
+"""Name -> class registries for variants, nets, datasets, likelihoods, priors and loggers, fed by a decorator and by
+plugins.
 
 Built-in classes register themselves with a one-line decorator::
 
@@ -12,7 +13,8 @@ Third-party packages add theirs with no edit to vaezoo, through entry points in 
     iwae = "vaezoo_iwae:IWAE"      # a class (registered under the entry-point name) or a module
 
 The registered names work wherever jsonargparse takes a class: ``--model beta``,
-``--model.net conv``, ``--data mnist``, ``--model.likelihood logistic`` and ``class_path: beta`` in config files.
+``--model.net conv``, ``--data mnist``, ``--model.likelihood logistic``, ``--trainer.logger wandb`` and
+``class_path: beta`` in config files.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class Entry:
 
 
 class Registry:
-    """Names for one kind of class (``variant``, ``net`` or ``dataset``).
+    """Names for one kind of class (``variant``, ``net``, ``dataset``, ``likelihood``, ``prior`` or ``logger``).
 
     Args:
         kind: What the names stand for, used in messages.

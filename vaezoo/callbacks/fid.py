@@ -35,8 +35,6 @@ INCEPTION_FEATURES = (64, 192, 768, 2048)
 _OFFLINE_VARS = ("HF_HUB_OFFLINE",)
 # What a failed download (urllib, an unwritable cache) or an unreadable weights file raises.
 _LOAD_ERRORS = (OSError, HTTPException, RuntimeError, EOFError, ValueError, TypeError, pickle.UnpicklingError)
-# The torchmetrics states of the real images: kept per split so they are extracted only once.
-_REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
 
 
 def cached_weights_path() -> Path:
@@ -58,7 +56,7 @@ def _missing_weights(reason: str) -> VAEZooError:
         f"and could not be downloaded ({reason}). Download {WEIGHTS_URL} on a machine with internet access, then "
         f"either put it at {cached_weights_path()} (the torch hub cache; it moves with $TORCH_HOME), or pass its "
         "path as the FID callback's feature_extractor_weights_path "
-        f"(--trainer.callbacks.feature_extractor_weights_path /path/to/{WEIGHTS_FILE})."
+        f"(vaezoo: --fid.feature_extractor_weights_path /path/to/{WEIGHTS_FILE})."
     )
 
 
@@ -66,10 +64,10 @@ class FID(lightning.Callback):
     """Logs the FID of ``pl_module.sample()`` images against the DataModule's images.
 
     At the end of ``test`` it logs ``test/fid`` (real images: the test split); with
-    ``every_n_val_epochs`` it also logs ``val/fid`` (real images: the validation split). Features
-    of the real images are extracted once per split and kept (a d x d float64 matrix: 32 MB at
-    d = 2048). Under DDP every process takes its share of the real and generated images, and the
-    statistics are summed across processes.
+    ``every_n_val_epochs`` it also logs ``val/fid`` (real images: the validation split). The
+    statistics of the real images (a d x d float64 matrix: 32 MB at d = 2048) are extracted once and
+    kept until FID needs another split or DataModule. Under DDP every process takes its share of the
+    real and generated images, and the statistics are summed across processes.
 
     The default features are torch-fidelity's Inception v3 (the standard FID), whose weights are
     downloaded once to ``$TORCH_HOME/hub/checkpoints/``; offline, put the file there or pass
@@ -115,10 +113,8 @@ class FID(lightning.Callback):
             raise VAEZooError(f"FID batch_size must be a positive number of images, got {batch_size}.")
         if every_n_val_epochs < 0:
             raise VAEZooError(f"every_n_val_epochs must be >= 0 (0 = only at test), got {every_n_val_epochs}.")
-        if isinstance(feature, bool) or not isinstance(feature, (int, nn.Module)):
+        if isinstance(feature, bool) or not isinstance(feature, nn.Module) and feature not in INCEPTION_FEATURES:
             raise VAEZooError(f"FID feature must be one of {INCEPTION_FEATURES} or an nn.Module, got {feature!r}.")
-        if isinstance(feature, int) and feature not in INCEPTION_FEATURES:
-            raise VAEZooError(f"FID feature must be an Inception layer size {INCEPTION_FEATURES}, got {feature}.")
         self.num_samples = num_samples
         self.feature = feature
         self.feature_extractor_weights_path = feature_extractor_weights_path
@@ -127,15 +123,10 @@ class FID(lightning.Callback):
         self.seed = seed
         self.val_runs = 0  # validation runs seen, checkpointed so that "every N-th" survives a resume
         # Plain attributes, not in state_dict(): the metric and its network stay out of checkpoints.
-        self._metric: Any = None  # torchmetrics FrechetInceptionDistance, built by build_metric
-        self._real: dict[str, tuple[weakref.ref, list[Tensor]]] = {}  # split -> (datamodule, real states)
+        self.metric: Any = None  # torchmetrics FrechetInceptionDistance, built by build_metric
+        self._real_of: tuple[str, weakref.ref] | None = None  # (split, DataModule) of the metric's real set
 
     # ----- building the metric --------------------------------------------------------------------
-
-    @property
-    def metric(self) -> Any:
-        """The torchmetrics ``FrechetInceptionDistance``, or None before :meth:`build_metric`."""
-        return self._metric
 
     def build_metric(self, image_shape: tuple[int, int, int] = (3, 299, 299)) -> Any:
         """Create the metric once (on the CPU); the Trainer calls this in ``setup``.
@@ -150,14 +141,15 @@ class FID(lightning.Callback):
         Raises:
             VAEZooError: When the Inception weights file is missing, unreadable or cannot be downloaded.
         """
-        if self._metric is not None:
-            return self._metric
+        if self.metric is not None:
+            return self.metric
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         _, h, w = image_shape
         # normalize=True: inputs are float [0, 1]; Inception gets (x * 255).byte(), which wraps
         # outside [0, 1], so update() clamps first. A custom module gets the floats unchanged.
-        options = dict(normalize=True, input_img_size=(3, h, w), sync_on_compute=True)
+        # reset_real_features=False: reset() keeps the real set, extracted once for many evaluations.
+        options = dict(normalize=True, input_img_size=(3, h, w), sync_on_compute=True, reset_real_features=False)
         # Inception's initialisation and a custom module's probe draw from the CPU's global RNG:
         # forked, so that adding FID does not change a seeded run.
         with torch.random.fork_rng(devices=[]):
@@ -165,8 +157,8 @@ class FID(lightning.Callback):
                 metric = FrechetInceptionDistance(feature=self.feature, **options)
             else:
                 metric = self._build_inception(FrechetInceptionDistance, options)
-        self._metric = metric.eval()
-        return self._metric
+        self.metric = metric.eval()
+        return self.metric
 
     def _build_inception(self, metric_cls: type, options: dict[str, Any]) -> Any:
         """Check torch-fidelity and the weights first, then build; a failed download becomes one VAEZooError."""
@@ -204,39 +196,47 @@ class FID(lightning.Callback):
                 clamped, grey is repeated to RGB.
             real: Whether they are data (True) or samples (False).
         """
-        if self._metric is None:
+        if self.metric is None:
             raise VAEZooError("FID.update needs the metric: call build_metric(image_shape) first.")
         if images.dim() != 4 or images.shape[1] not in (1, 3):
             raise VAEZooError(f"FID needs (B, 1 or 3, H, W) images, got {tuple(images.shape)}.")
+        if real:
+            self._real_of = None  # no longer one split's images only
         images = images.float().clamp(0, 1).expand(-1, 3, -1, -1)  # (B, 3, H, W); grey repeated
-        device = self._metric.real_features_sum.device
         for chunk in images.split(self.batch_size):
-            self._metric.update(chunk.to(device), real=real)
+            self.metric.update(chunk.to(self.metric.device), real=real)
 
-    def compute(self) -> Tensor:
+    def compute(self, keep_real: bool = False) -> Tensor:
         """The FID of the images added so far (summed over processes); then empties both sets.
+
+        Args:
+            keep_real: Keep the real set for the next compute, so that its images need no second pass.
 
         Raises:
             VAEZooError: When either set holds fewer than 2 images.
         """
-        metric = self._metric
         try:
-            value = metric.compute()
+            value = self.metric.compute()
         except RuntimeError as err:
             raise VAEZooError(
                 f"FID needs at least 2 real and 2 generated images ({err}): use a larger split or num_samples."
             ) from None
         finally:
-            metric.reset()
+            self._reset(real=not keep_real)
         return value
+
+    def _reset(self, real: bool) -> None:
+        """Empty the generated set, and the real one too if ``real`` (the metric's flag says what reset() keeps)."""
+        self.metric.reset_real_features = real
+        self.metric.reset()
+        self.metric.reset_real_features = False
+        self._real_of = None if real else self._real_of
 
     # ----- Lightning hooks --------------------------------------------------------------------------
 
     def setup(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, stage: str) -> None:
         """Build the metric before a stage that needs it, so a missing file fails before training."""
-        if self.num_samples == 0:
-            return
-        if stage == "test" or (stage in ("fit", "validate") and self.every_n_val_epochs > 0):
+        if self.num_samples and (stage == "test" or (stage in ("fit", "validate") and self.every_n_val_epochs > 0)):
             self._build_for(trainer, pl_module)
 
     def _build_for(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> Any:
@@ -268,17 +268,15 @@ class FID(lightning.Callback):
         if not callable(getattr(pl_module, "sample", None)):
             raise VAEZooError(f"FID needs a model with sample(n), got {type(pl_module).__name__}.")
         device = pl_module.device
-        self._build_for(trainer, pl_module).to(device).reset()  # built already unless a hook was skipped
+        self._build_for(trainer, pl_module).to(device)  # built already unless a hook was skipped
         rank, world = trainer.global_rank, trainer.world_size
         # This process's share of num_samples: rank r takes positions r, r + world, ... < num_samples,
         # which is also how the loaders shard a split, so the real set is the split's first images.
         share = len(range(rank, self.num_samples, world))
 
-        cached = self._real.get(split)
-        if cached is not None and cached[0]() is datamodule:
-            for name, state in zip(_REAL_STATES, cached[1]):
-                setattr(self._metric, name, state.clone().to(device))
-        else:
+        held = self._real_of == (split, weakref.ref(datamodule))  # a dead reference equals none
+        self._reset(real=not held)
+        if not held:
             loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
             taken = 0
             for x, y in loader:  # uint8 (B, C, H, W) on the CPU
@@ -288,8 +286,7 @@ class FID(lightning.Callback):
                 x = x.float().div(255) if x.dtype == torch.uint8 else x  # a DataModule that keeps uint8
                 self.update(x, real=True)
                 taken += len(x)
-            states = [getattr(self._metric, name).clone() for name in _REAL_STATES]
-            self._real[split] = (weakref.ref(datamodule), states)
+            self._real_of = (split, weakref.ref(datamodule))
 
         # Fixed z for every evaluation, without moving the global random state (training continues).
         on_cpu = device.type == "cpu"
@@ -300,7 +297,7 @@ class FID(lightning.Callback):
 
         # compute() already summed the states over processes, so every rank holds the same value;
         # sync_dist only averages equal values, and silences Lightning's DDP warning.
-        pl_module.log(f"{split}/fid", self.compute(), sync_dist=True)
+        pl_module.log(f"{split}/fid", self.compute(keep_real=True), sync_dist=True)
 
     # ----- checkpoints -----------------------------------------------------------------------------
 
