@@ -158,7 +158,7 @@ class VAEZooCLI(LightningCLI):
 
     def _plain(self, subcommand: str) -> dict[str, Any]:
         """A subcommand's parsed config as plain data, as config.yaml holds it (defaults' class paths included)."""
-        return yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_check=True))[subcommand]
+        return yaml.safe_load(self.parser.dump(self.config, skip_unset=False, skip_check=True))[subcommand]
 
     def _use_run_data(self, config: Namespace, ckpt: Path) -> None:
         """Replace the data config and seed by those of the run of ``ckpt`` (keeping where the data lies)."""
@@ -329,10 +329,10 @@ class SaveConfigAndTrack(SaveConfigCallback):
             folders = [cb.output_dir for cb in trainer.callbacks if isinstance(cb, PredictionWriter)] or folders
         for folder in dict.fromkeys(folders):
             folder.mkdir(parents=True, exist_ok=True)
-            self.parser.save(self.config, folder / self.config_filename, skip_none=False, overwrite=True)
+            self.parser.save(self.config, folder / self.config_filename, skip_unset=False, overwrite=True)
         wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         if wandb_loggers:
-            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            config = yaml.safe_load(self.parser.dump(self.config, skip_unset=False))
             for logger in wandb_loggers:
                 tracking.setup_wandb_run(logger, config)
 
