@@ -277,7 +277,7 @@ def test_checkpoint_of_another_model_is_announced_and_run_settings_stay(trained:
                            "--trainer.callbacks+=tests.test_bad_input.Recorder", capsys=capsys)
     assert code == 0, err
     assert (f"vaezoo: the model is built as {trained} was trained, not as the config says: net ConvNet(channels=[32, 64]"
-            in err) and "-> MLPNet(hidden_dims=[200, 200], activation=tanh); latent_dim 32 -> 50" in err
+            in err) and "-> MLPNet(hidden_dims=[200, 200], activation=tanh, init=pytorch); latent_dim 32 -> 50" in err
     model = RECORDED["model"]
     assert type(model.net).__name__ == "MLPNet" and model.iw_samples["test"] == 3
 
