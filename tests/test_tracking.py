@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -104,7 +105,7 @@ def test_flat_config_has_one_column_per_hyperparameter() -> None:
 
 
 def test_wandb_logger_by_name_on_the_command_line(capsys) -> None:
-    from jsonargparse._util import import_object
+    from vaezoo.introspect import import_object
 
     from tests.test_cli import run_cli
 
@@ -136,7 +137,7 @@ def test_new_user_fit_logs_offline_without_prompting(tiny_mnist, no_wandb_env: P
     assert {"reconstructions", "samples", "interpolations", "traversals"} <= media
 
 
-def test_wandb_runs_keep_their_own_config_file(tiny_mnist, no_wandb_env: Path, monkeypatch, capsys) -> None:
+def test_wandb_runs_keep_their_own_config_file_and_a_csv_record(tiny_mnist, no_wandb_env: Path, monkeypatch, capsys) -> None:
     from tests.test_cli import run_cli
 
     monkeypatch.chdir(no_wandb_env)
@@ -152,6 +153,12 @@ def test_wandb_runs_keep_their_own_config_file(tiny_mnist, no_wandb_env: Path, m
     configs = sorted((no_wandb_env / "runs" / "vaezoo").glob("*/config.yaml"))
     assert sorted(yaml.safe_load(c.read_text())["model"]["init_args"]["latent_dim"] for c in configs) == [3, 5]
     assert not (no_wandb_env / "runs" / "config.yaml").exists()
+    for run in (c.parent for c in configs):  # each W&B run folder also holds the run's local CSV record ...
+        val = [row for row in csv.DictReader((run / "metrics.csv").open()) if row.get("val/elbo")]
+        assert [row["epoch"] for row in val] == ["0"]
+        # ... of the same run, which W&B logged as before, offline: its log is named by the same run id.
+        (log,) = (no_wandb_env / "runs" / "wandb").glob(f"offline-run-*-{run.name}/run-{run.name}.wandb")
+        assert log.stat().st_size > 0
 
 
 def test_under_wandb_last_never_resumes_another_recipe(tiny_mnist, no_wandb_env: Path, monkeypatch, capsys) -> None:

@@ -512,10 +512,6 @@ def main(args: list[str] | None = None) -> None:
     if argv[:1] == ["variants"]:
         print(format_table(), end="")
         return
-    if argv[:1] == ["compare"]:
-        from vaezoo import compare  # lazily: rich and matplotlib are slow to import
-
-        sys.exit(compare.main(argv[1:]))
     compat.use_registry_names(resolve_name, unknown_name_message)
     _quiet_known_noise()
     try:

@@ -24,7 +24,7 @@ subcommands:
                vaezoo test --config configs/mnist_mlp.yaml --ckpt_path runs/mnist_mlp/version_0/checkpoints/last.ckpt
   predict    Write encodings, reconstructions or samples of a trained model to files.
   variants   List the registered variants, nets, datasets, likelihoods and loggers, plugins included.
-  compare    Compare runs (CSV or W&B offline folders): a table and a curves PNG.
+  compare    Compare runs (the metrics.csv and config.yaml every run keeps): a table and a curves PNG.
                vaezoo compare runs/mnist_mlp/version_0 runs/mnist_beta/version_0
 
 options:
@@ -66,6 +66,10 @@ def main(args: list[str] | None = None) -> None:
         others = ", ".join(f"{name} {_version(name)}" for name in ("torch", "lightning", "jsonargparse", "torchmetrics"))
         print(f"vaezoo {__version__} ({others})")
         return
+    if argv[:1] == ["compare"]:  # reads run folders only: no torch (tests/test_compare.py checks)
+        from vaezoo.compare import main as compare
+
+        sys.exit(compare(argv[1:]))
     from vaezoo.cli import main as run  # the heavy part: torch, Lightning, every registered class
 
     run(args)  # None, as given: LightningCLI reads sys.argv itself
