@@ -85,3 +85,12 @@ def test_jsonargparse_error_text_still_matches_the_patterns() -> None:
     except Exception as err:  # noqa: BLE001
         message = str(err)
     assert (match := compat.SUBCOMMAND_OPTION.search(message)) and match[1] == "sed", (UPDATE, message)
+
+
+def test_lazy_instance_parts_are_readable() -> None:
+    from jsonargparse import lazy_instance
+
+    from vaezoo.likelihoods import Gaussian
+
+    assert compat.lazy_instance_parts(lazy_instance(Gaussian, sigma=0.3)) == (Gaussian, {"sigma": 0.3}), UPDATE
+    assert compat.lazy_instance_parts(Gaussian(sigma=0.3)) is None

@@ -11,6 +11,9 @@ installed versions and fails when one changes underneath, naming this module.
    saving on steps and epochs at once needs the private ``_every_n_epochs`` set after its argument check.
 3. The text of jsonargparse's parse errors. They are strings only (no error type or field names the
    offending option), so the short messages of :mod:`vaezoo.parser` read them with these patterns.
+4. What a ``jsonargparse.lazy_instance`` was made of. The VAE's defaults (``likelihood``, ``prior``) are
+   lazy instances, and a model built in Python stores its hyperparameters as class paths
+   (:mod:`vaezoo.models.hparams`); jsonargparse keeps the class and arguments in private attributes only.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable
+from typing import Any
 
 from jsonargparse import _typehints
 from lightning import Trainer
@@ -83,3 +87,13 @@ REQUIRED = re.compile(r"the following arguments are required: ([\w., ]+)$")  # a
 UNRECOGNIZED = re.compile(r"unrecognized arguments: (--[\w.]+)")  # argparse's own wording
 PARSER_KEY = re.compile(r'Parser key "([\w.]+)": ')
 PROBLEM_CLASS = re.compile(r"Problem with given class_path '([\w.]+)': ")
+
+
+# ----- 4. lazy_instance -----------------------------------------------------------------------------
+
+
+def lazy_instance_parts(value: object) -> tuple[type, dict[str, Any]] | None:
+    """The class and keyword arguments of a ``jsonargparse.lazy_instance``; None for anything else."""
+    if not hasattr(value, "_lazy_class_type"):
+        return None
+    return value._lazy_class_type, dict(value._lazy_kwargs)  # type: ignore[attr-defined]

@@ -119,6 +119,10 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def entry(self, name: str) -> Entry | None:
+        """The registration of ``name`` (class, class path, where it came from), or None."""
+        return self._entries.get(name)
+
     def get(self, name: str) -> type:
         """The class registered as ``name``.
 
@@ -199,7 +203,7 @@ def load_plugins() -> None:
 def resolve_name(name: str, bases: tuple[type, ...]) -> str | None:
     """The class path registered as ``name`` for a class deriving from one of ``bases``, if any."""
     for registry in REGISTRIES:
-        entry = registry._entries.get(name)
+        entry = registry.entry(name)
         if entry is not None and any(issubclass(entry.cls, b) for b in bases):
             return entry.class_path
     return None

@@ -410,9 +410,17 @@ class VAE(L.LightningModule):
         batch, with no batch (x is None) and a default context (no warm-up): -ELBO for ``vanilla``."""
         return self.objective(None, out, Context())["loss"].mean()  # type: ignore[arg-type] (no batch here)
 
+    @property
+    def attached_trainer(self) -> L.Trainer | None:
+        """The Trainer running this model, or None when it is used on its own (``self.trainer`` raises then)."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
+
     def context(self, stage: str) -> Context:
         """The :class:`Context` of this step (from the Trainer and its DataModule, where attached)."""
-        trainer = self._trainer
+        trainer = self.attached_trainer
         if trainer is None:
             return Context(stage=stage)
         datamodule = getattr(trainer, "datamodule", None)
@@ -486,7 +494,7 @@ class VAE(L.LightningModule):
 
     def _checkpoints_note(self) -> str:
         """What is true of this run's checkpoints, for the guard's errors."""
-        return nonfinite.checkpoints_note(self._trainer)
+        return nonfinite.checkpoints_note(self.attached_trainer)
 
     def on_train_epoch_start(self) -> None:
         self.train_sums.start_epoch(self.current_epoch)
@@ -506,7 +514,7 @@ class VAE(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning dumps a checkpoint on every rank, so collectives are safe here.
-        if self._trainer is not None and self.trainer.state.fn == "fit":
+        if self.attached_trainer is not None and self.trainer.state.fn == "fit":
             self._check_nonfinite()  # never a checkpoint after a non-finite step
             if self.nonfinite != "off":  # nor one that a ModelCheckpoint would score -inf
                 nonfinite.check_monitored(self.trainer)

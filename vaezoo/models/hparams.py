@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from vaezoo import compat
 from vaezoo.introspect import init_parameters
 
 # Lightning's own instantiator for LightningCLI checkpoints: parses the config with jsonargparse.
@@ -56,8 +57,8 @@ def as_config(value: Any) -> Any:
         helpers_only = all(callable(a) and not inspect.isclass(a) for a in (value.func, *value.args[:-1]))
         if inspect.isclass(cls) and (cls is value.func or helpers_only):
             return {"class_path": class_path(cls), "init_args": as_config(value.keywords)}
-    if hasattr(value, "_lazy_class_type"):  # jsonargparse's lazy_instance, as in the VAE's defaults
-        return {"class_path": class_path(value._lazy_class_type), "init_args": as_config(value._lazy_kwargs)}
+    if (lazy := compat.lazy_instance_parts(value)) is not None:  # jsonargparse's lazy_instance (the VAE's defaults)
+        return {"class_path": class_path(lazy[0]), "init_args": as_config(lazy[1])}
     if isinstance(value, nn.Module):
         # A module whose init arguments are kept as attributes of the same name (the likelihoods).
         names = init_parameters(type(value))
