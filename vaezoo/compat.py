@@ -14,6 +14,9 @@ installed versions and fails when one changes underneath, naming this module.
 4. What a ``jsonargparse.lazy_instance`` was made of. The VAE's defaults (``likelihood``, ``prior``) are
    lazy instances, and a model built in Python stores its hyperparameters as class paths
    (:mod:`vaezoo.models.hparams`); jsonargparse keeps the class and arguments in private attributes only.
+5. Not a private name but an unpublished contract: :class:`vaezoo.data.loader.TensorBatchLoader` is not a
+   torch DataLoader, and Lightning's shuffle check reads ``batch_sampler`` on anything that has a ``sampler``,
+   so the loader declares ``batch_sampler = None``. Every test that fits through it fails if that changes.
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ class TensorBatchLoader:
         sampler: Yields the index tensor of each batch; ``sampler.num_samples`` must equal N.
     """
 
-    # Lightning's shuffle check reads `batch_sampler` on anything with a `sampler` attribute.
+    # Lightning's shuffle check reads `batch_sampler` on anything with a `sampler` attribute (vaezoo.compat, 5).
     batch_sampler = None
 
     def __init__(self, images: Tensor, labels: Tensor, sampler: EpochBatchSampler) -> None:
