@@ -121,6 +121,9 @@ def test_model_without_data_asks_for_a_dataset(args: list[str], expected: str, d
         (["--model.net.hidden_dimz", "[3]"], "Option 'hidden_dimz' is not accepted. Got value: "),
         (["--model.optimizer.lrr", "0.1"], "Did you mean 'lr'?"),
         (["--model.beta", "4"], "'beta' is an option of: beta (variant), betatc (variant); choose one first"),
+        # abbreviations are refused: argparse took --trainer.max_epoch as --trainer.max_epochs
+        (["--trainer.max_epoch", "3"], "arguments: --trainer.max_epoch 3. Did you mean '--trainer.max_epochs'?"),
+        (["--seed_everythin", "3"], "arguments: --seed_everythin 3. Did you mean '--seed_everything'?"),
     ],
 )
 def test_unknown_key_is_named_with_a_close_match(args: list[str], expected: str, data: Path, capsys) -> None:

@@ -244,23 +244,6 @@ def test_top_level_help_lists_exactly_the_subcommands_there_are() -> None:
         assert f"\n  {name} " in HELP  # each has its line of description
 
 
-@pytest.mark.parametrize(
-    ("args", "meant"),
-    [
-        (["--trainer.max_epoch", "3"], "--trainer.max_epochs"),  # argparse took it as max_epochs before
-        (["--seed_everythin", "3"], "--seed_everything"),
-    ],
-)
-def test_abbreviated_options_are_refused_naming_the_option(args: list[str], meant: str, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from tests.test_bad_input import fails
-
-    monkeypatch.chdir(tmp_path)
-    err = fails(capsys, "fit", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), *args)
-    assert f"unrecognized arguments: {args[0]}" in err and f"Did you mean '{meant}'?" in err
-    assert not (tmp_path / "runs").exists()  # refused before anything ran
-
-
 def test_the_parser_reads_init_parameters_without_the_model_stack() -> None:
     code = ("import sys, vaezoo.parser; "
             "print('LOADED', sorted(m for m in sys.modules if m.startswith('vaezoo.')))")
