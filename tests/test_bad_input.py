@@ -22,6 +22,7 @@ from tests.test_cli import REPO, SMALL, run_cli
 from vaezoo import VAE
 from vaezoo.data import MNISTDataModule
 from vaezoo.errors import VAEZooError
+from vaezoo.registry import DATASETS
 
 RECIPE = str(REPO / "configs" / "mnist_mlp.yaml")
 QUICK = [*SMALL, "--model.iw_samples", "2", "--images.every_n_epochs", "0", "--trainer.enable_progress_bar", "false",
@@ -102,9 +103,9 @@ def test_section_file_that_is_a_list_is_named(data: Path, tmp_path: Path, capsys
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        ([], "no dataset chosen: pass --data NAME (datasets: cifar10, fashion_mnist, mnist), e.g. --data mnist"),
+        ([], f"no dataset chosen: pass --data NAME (datasets: {', '.join(DATASETS.names())}), e.g. --data mnist"),
         (["--data.batch_size", "8"], "no dataset chosen: data settings were given (e.g. --data.root) but no dataset. "
-                                     "Choose one with --data NAME (datasets: cifar10, fashion_mnist, mnist"),
+                                     f"Choose one with --data NAME (datasets: {', '.join(DATASETS.names())}"),
     ],
     ids=["nothing", "settings-only"],
 )

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.data_files import write_mnist_idx
 from tests.plugins import DEMO_VARIANT, write_plugin
 from vaezoo.introspect import import_object
 
@@ -23,11 +24,16 @@ SMALL = ["--data.val_size", "16", "--data.batch_size", "8"]  # the tiny datasets
 
 @pytest.fixture
 def roots(tiny_mnist, tiny_cifar, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """Tiny MNIST and CIFAR-10 in one root, and the run directory as the working directory."""
+    """Tiny MNIST, Fashion-MNIST, CIFAR-10 and CelebA in one root, and the run directory as the working directory."""
+    from tests.test_celeba import patch_celeba_md5s, write_celeba
+
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     monkeypatch.chdir(run_dir)
-    return {"mnist": tiny_mnist[0], "cifar10": tiny_cifar}
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # CelebA's decoded splits
+    patch_celeba_md5s(monkeypatch, write_celeba(tmp_path))  # 8 train / 4 val / 4 test
+    write_mnist_idx(tiny_mnist[0], folder="FashionMNIST")  # the same tiny files in Fashion-MNIST's folder
+    return {"mnist": tiny_mnist[0], "fashion_mnist": tiny_mnist[0], "cifar10": tiny_cifar, "celeba": tmp_path}
 
 
 def run_cli(*args: str, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
@@ -61,18 +67,18 @@ def test_every_config_prints_its_config(config: Path, roots, capsys) -> None:
 
 
 def tiny_data_args(config: Path) -> list[str]:
-    """What a recipe needs besides SMALL to train on the tests' tiny splits: a VampPrior no more pseudo-inputs
-    than the split holds images (refused otherwise)."""
-    return ["--model.prior.pseudo_inputs", "8"] if "class_path: vamp" in config.read_text() else []
+    """The settings a recipe needs to train on the tests' tiny splits: small batches and validation split
+    (CelebA's splits are the official partition: no val_size), and a VampPrior no more pseudo-inputs than the
+    split holds images (refused otherwise)."""
+    sizes = ["--data.batch_size", "4"] if dataset_of(config) == "celeba" else SMALL
+    return sizes + (["--model.prior.pseudo_inputs", "8"] if "class_path: vamp" in config.read_text() else [])
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
 def test_every_config_runs_fast_dev_run(config: Path, roots, capsys) -> None:
-    root = roots[dataset_of(config)]
     code, out, err = run_cli(
-        "fit", "--config", str(config), "--data.root", str(root), *SMALL, *tiny_data_args(config),
-        "--trainer.fast_dev_run", "true",
-        capsys=capsys,
+        "fit", "--config", str(config), "--data.root", str(roots[dataset_of(config)]), *tiny_data_args(config),
+        "--trainer.fast_dev_run", "true", capsys=capsys,
     )
     assert code == 0, err
 

@@ -26,6 +26,7 @@ from vaezoo.data import (
 )
 from vaezoo.data import cifar10 as cifar10_module
 from vaezoo.errors import VAEZooError
+from vaezoo.registry import DATASETS
 
 # Lightning 2.6 calls a torch.utils._pytree API that torch 2.14 deprecates (vaezoo.cli filters it too).
 pytestmark = pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated")
@@ -292,7 +293,9 @@ def test_batch_larger_than_the_training_set_raises(tiny_mnist: TinyMNIST) -> Non
 
 def test_datamodule_that_reads_nothing_is_refused_when_built() -> None:
     """The base class, or a subclass without _load, would raise NotImplementedError once the run started."""
-    with pytest.raises(VAEZooError, match=r"no dataset chosen: .* --data NAME \(datasets: cifar10, fashion_mnist, mnist"):
+    names = ", ".join(DATASETS.names())
+    assert {"cifar10", "fashion_mnist", "mnist"} <= set(DATASETS.names())
+    with pytest.raises(VAEZooError, match=rf"no dataset chosen: .* --data NAME \(datasets: {names};"):
         ImageDataModule()
 
     class NoLoad(ImageDataModule):

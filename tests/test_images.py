@@ -13,7 +13,14 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 import vaezoo
-from vaezoo.callbacks.images import latent_kl_figure, ImageLogger, most_active_dims
+import vaezoo.callbacks.images as images_module
+from vaezoo.callbacks.images import (
+    ImageLogger,
+    latent_kl_figure,
+    latent_scatter,
+    most_active_dims,
+    principal_components,
+)
 from vaezoo.callbacks.log_media import image_path, log_figure, log_image
 from vaezoo.data.mnist import MNISTDataModule
 from vaezoo.errors import VAEZooError
@@ -61,7 +68,7 @@ def pngs(trainer: L.Trainer) -> dict[str, Path]:
     return {p.name: p for p in (Path(trainer.logger.log_dir) / "images").glob("*.png")}
 
 
-@pytest.mark.parametrize("latent_dim", [2, 5])
+@pytest.mark.parametrize("latent_dim", [1, 2, 5])
 def test_fit_and_test_write_every_picture_at_its_grid_size(latent_dim: int, tiny_mnist, tmp_path: Path) -> None:
     trainer, model, datamodule = fit(tiny_mnist[0], tmp_path / "logs", latent_dim, ImageLogger(**SMALL), max_epochs=1)
     trainer.test(model, datamodule, verbose=False)
@@ -73,8 +80,12 @@ def test_fit_and_test_write_every_picture_at_its_grid_size(latent_dim: int, tiny
         "traversals": grid_hw(min(3, latent_dim) * 5, nrow=5),  # never more rows than latent dims
     }
     expected_hw["latent_kl"] = (500, 500)  # bar charts of the KL and activity per dimension, 5 x 5 inches
+    # The latent maps: none for a 1-D code; the prior's plane for 2-D, the codes' principal plane beyond.
     if latent_dim == 2:
         expected_hw["manifold"] = grid_hw(4 * 4, nrow=4)
+    if latent_dim > 2:
+        expected_hw["manifold_pca"] = grid_hw(4 * 4, nrow=4)
+    if latent_dim >= 2:
         expected_hw["latent_scatter"] = (450, 500)  # 5 x 4.5 inches at 100 dpi
     # Validation after epoch 0 (step 2), none for the sanity check at step 0; the end of fit
     # repeats step 2, so adds nothing; the test run writes at epoch 1 (past the last one), step 2.
@@ -186,6 +197,200 @@ def test_manifold_decodes_the_prior_quantiles_with_z2_up(monkeypatch) -> None:
     assert torch.allclose(z[8], torch.stack([q[2], q[0]]), atol=1e-6)  # bottom right: z2 low
 
 
+# ----- the latent maps: scatter and manifold --------------------------------------------------------
+
+# Phi^-1 of linspace(0.05, 0.95, 4) = 0.05, 0.35, 0.65, 0.95 (scipy.stats.norm.ppf), the 2-D manifold's axis for SMALL.
+QUANTILES_4 = torch.tensor([-1.6448536269514729, -0.38532046640756773, 0.38532046640756773, 1.6448536269514729])
+
+
+def scatter_points(fig) -> tuple[np.ndarray, np.ndarray]:
+    """The scatter's points ``(N, 2)`` and the legend label of each ``(N,)``, class by class as drawn."""
+    ax = fig.axes[0]
+    texts = [int(t.get_text()) for t in ax.get_legend().get_texts()]
+    points = [np.asarray(c.get_offsets()) for c in ax.collections]
+    assert len(points) == len(texts)
+    return np.concatenate(points), np.concatenate([[t] * len(p) for t, p in zip(texts, points)])
+
+
+def val_images(datamodule: MNISTDataModule, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` validation images (as evaluation sees them) and labels."""
+    batches = [datamodule.on_after_batch_transfer(batch, 0) for batch in datamodule.val_dataloader()]
+    return torch.cat([x for x, _ in batches])[:n], torch.cat([y for _, y in batches])[:n]
+
+
+def png_pixels(grid: torch.Tensor) -> torch.Tensor:
+    """What save_image writes for a float grid: uint8, rounded."""
+    return (grid * 255 + 0.5).clamp(0, 255).to(torch.uint8)
+
+
+def numpy_pca(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, top-2 directions (2, D) and their variances by an eigendecomposition of the covariance."""
+    variances, vectors = np.linalg.eigh(np.cov(codes, rowvar=False))  # ascending
+    return codes.mean(0), vectors[:, ::-1][:, :2].T, variances[::-1]
+
+
+def test_scatter_of_a_2d_latent_shows_the_posterior_means_by_label() -> None:
+    model = vaezoo.VAE(latent_dim=2).eval()
+    x = torch.rand(30, *TILE, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(30) % 3
+    with torch.no_grad():
+        means = model.encode(x).mean  # (30, 2)
+    fig = latent_scatter(model.code(x).detach(), labels)
+    points, drawn = scatter_points(fig)
+    assert drawn.tolist() == [0] * 10 + [1] * 10 + [2] * 10  # one legend entry per class
+    for label in range(3):
+        np.testing.assert_allclose(points[drawn == label], means[labels == label].numpy(), rtol=1e-6)
+    assert fig.axes[0].get_xlabel() == "z1 (posterior mean)"
+    assert fig.axes[0].get_title() == "posterior means of 30 images"
+
+
+def test_principal_components_match_an_eigendecomposition_and_have_fixed_signs() -> None:
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randn(200, 4, generator=gen, dtype=torch.float64) * torch.tensor([0.1, 3.0, 1.0, 0.3]) + 5.0
+    codes = codes @ torch.linalg.qr(torch.randn(4, 4, generator=gen, dtype=torch.float64))[0]  # rotated
+    pca = principal_components(codes)
+    mean, axes, variances = numpy_pca(codes.numpy())
+    np.testing.assert_allclose(pca.mean.numpy(), mean)
+    np.testing.assert_allclose(np.abs(pca.axes.numpy() @ axes.T), np.eye(2), atol=1e-9)  # the same two lines
+    np.testing.assert_allclose(pca.std.numpy() ** 2, variances[:2])
+    np.testing.assert_allclose(pca.explained.numpy(), variances[:2] / variances.sum())
+    # Signs: the largest entry of each direction is positive, whatever the SVD returned.
+    assert all(row[np.abs(row).argmax()] > 0 for row in pca.axes.numpy())
+    assert torch.equal(principal_components(-codes).axes, pca.axes)
+
+
+def test_manifold_pca_spans_the_codes_principal_plane_through_their_mean() -> None:
+    gen = torch.Generator().manual_seed(1)
+    codes = torch.randn(100, 3, generator=gen, dtype=torch.float64) * torch.tensor([2.0, 0.5, 0.1]) + 1.0
+    pca = principal_components(codes)
+    z = ImageLogger(manifold_steps=3, manifold_quantile=0.1).manifold_codes(pca)  # (9, 3)
+    mean, _, variances = numpy_pca(codes.numpy())
+    q = [-1.2815515655446004, 0.0, 1.2815515655446004]  # scipy.stats.norm.ppf([0.1, 0.5, 0.9])
+    v1, v2 = pca.axes.numpy()  # their lines are checked against numpy above
+    s1, s2 = np.sqrt(variances[:2])
+    for row in range(3):
+        for col in range(3):  # PC1 grows to the right, PC2 upwards
+            expected = mean + q[col] * s1 * v1 + q[2 - row] * s2 * v2
+            np.testing.assert_allclose(z[3 * row + col].numpy(), expected, atol=1e-12)
+
+
+def keep_figures(monkeypatch) -> dict[str, object]:
+    """The figures ImageLogger logs, by key (the first of each), still logged as before."""
+    figures = {}
+    log = images_module.log_figure
+
+    def keep(trainer: L.Trainer, key: str, fig) -> list[Path]:
+        figures.setdefault(key, fig)
+        return log(trainer, key, fig)
+
+    monkeypatch.setattr(images_module, "log_figure", keep)
+    return figures
+
+
+def test_2d_pictures_reach_the_logger_from_the_validation_codes(tiny_mnist, tmp_path: Path, monkeypatch) -> None:
+    figures = keep_figures(monkeypatch)
+    trainer, model, datamodule = fit(tiny_mnist[0], tmp_path / "logs", 2, ImageLogger(**SMALL, scatter_images=12), 1)
+    model.eval()
+    x, y = val_images(datamodule, 12)
+    with torch.no_grad():
+        means = model.encode(x).mean
+        b, a = torch.meshgrid(QUANTILES_4.flip(0), QUANTILES_4, indexing="ij")  # z2 decreasing down the rows
+        z = torch.stack([a, b], dim=-1).flatten(0, 1)  # (16, 2)
+        expected = make_grid(model.likelihood.mean(model.decode(z)), nrow=4)
+
+    points, drawn = scatter_points(figures["val/images/latent_scatter"])
+    assert len(points) == 12
+    for label in set(y.tolist()):
+        np.testing.assert_allclose(points[drawn == label], means[y == label].numpy(), rtol=1e-5, atol=1e-6)
+    written = pngs(trainer)
+    assert "val_images_latent_scatter_epoch000_step000002.png" in written
+    logged = read_png(written["val_images_manifold_epoch000_step000002.png"]).int()
+    assert (logged - png_pixels(expected).int()).abs().max() <= 1  # the decodings of the quantile grid
+
+
+def test_larger_latents_are_shown_on_their_principal_components(tiny_mnist, tmp_path: Path, monkeypatch) -> None:
+    figures = keep_figures(monkeypatch)
+    trainer, model, datamodule = fit(tiny_mnist[0], tmp_path / "logs", 5, ImageLogger(**SMALL, scatter_images=12), 1)
+    model.eval()
+    x, y = val_images(datamodule, 12)
+    with torch.no_grad():
+        means = model.encode(x).mean.double().numpy()  # (12, 5)
+    mean, axes, variances = numpy_pca(means)
+    fig = figures["val/images/latent_scatter"]
+    points, drawn = scatter_points(fig)
+    projected = (means - mean) @ axes.T  # (12, 2), up to each component's sign
+    for label in set(y.tolist()):
+        got, want = points[drawn == label], projected[y.numpy() == label]
+        for k in range(2):
+            assert np.allclose(np.abs(got[:, k]), np.abs(want[:, k]), rtol=1e-4, atol=1e-6)
+    assert "first 2 principal" in fig.axes[0].get_title() and "5-D code" in fig.axes[0].get_title()
+    assert fig.axes[0].get_xlabel() == f"PC1 ({100 * variances[0] / variances.sum():.0f}% of variance)"
+
+    # The manifold: the decoded plane of the two components through the mean code, logged under its own key.
+    axes = axes * np.sign(axes[[0, 1], np.abs(axes).argmax(1)])[:, None]  # the documented signs
+    b, a = np.meshgrid(QUANTILES_4.numpy()[::-1], QUANTILES_4.numpy(), indexing="ij")  # PC2 decreasing down
+    s1, s2 = np.sqrt(variances[:2])
+    z = mean + (a.reshape(-1, 1) * s1) * axes[0] + (b.reshape(-1, 1) * s2) * axes[1]  # (16, 5)
+    with torch.no_grad():
+        expected = make_grid(model.likelihood.mean(model.decode(torch.from_numpy(z).float())), nrow=4)
+    written = pngs(trainer)
+    assert "val_images_manifold_epoch000_step000002.png" not in written
+    logged = read_png(written["val_images_manifold_pca_epoch000_step000002.png"]).int()
+    assert (logged - png_pixels(expected).int()).abs().max() <= 1
+
+
+def test_the_2d_recipe_logs_both_latent_maps(tiny_mnist, tmp_path: Path, monkeypatch, capsys) -> None:
+    from tests.test_cli import REPO, run_cli
+
+    monkeypatch.chdir(tmp_path)  # the recipe logs to ./runs/mnist_2d
+    code, _, err = run_cli(
+        "fit", "--config", str(REPO / "configs" / "mnist_2d.yaml"), "--data.root", str(tiny_mnist[0]),
+        "--data.val_size", "16", "--data.batch_size", "8", "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "2", "--images.manifold_steps", "4", capsys=capsys,
+    )
+    assert code == 0, err
+    written = {p.name for p in (tmp_path / "runs" / "mnist_2d" / "version_0" / "images").glob("*.png")}
+    assert {f"val_images_{name}_epoch000_step000002.png" for name in ("manifold", "latent_scatter")} <= written
+
+
+def latent_kinds() -> dict[str, vaezoo.VAE]:
+    from vaezoo.models.hierarchical import HVAE
+    from vaezoo.models.vqvae import VQVAE
+    from vaezoo.priors.mog import MixturePrior
+
+    return {
+        "normal": vaezoo.VAE(latent_dim=2),
+        "mog": vaezoo.VAE(latent_dim=2, prior=MixturePrior(components=3)),
+        "hvae1": HVAE(latent_dims=[2]),
+        "hvae2": HVAE(latent_dims=[2, 2]),
+        "vqvae": VQVAE(codes=8, code_size=2, latent_dim=2),
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "manifold", "what"),
+    [
+        ("normal", "manifold", "posterior mean"),  # the prior's quantiles span where N(0, I) codes lie
+        ("mog", "manifold_pca", "posterior mean"),  # a learned prior: the codes' own plane
+        ("hvae1", "manifold", "z1 posterior mean"),  # one layer under N(0, I): as vanilla
+        ("hvae2", "manifold_pca", "z1 posterior mean"),  # z1's prior is a mixture over z2
+        ("vqvae", "manifold_pca", "quantised code"),
+    ],
+)
+def test_each_kind_of_latent_gets_the_manifold_that_fits_it(kind: str, manifold: str, what: str) -> None:
+    model = latent_kinds()[kind].eval()
+    x = torch.rand(12, *TILE, generator=torch.Generator().manual_seed(0))
+    codes = model.code(x).detach()
+    grids, scatter = ImageLogger(manifold_steps=3).latent_maps(model, codes, torch.arange(12) % 4)
+    assert list(grids) == [manifold]
+    assert grids[manifold].shape[1:] == grid_hw(9, nrow=3)
+    points, _ = scatter_points(scatter)
+    assert sorted(map(tuple, points.tolist())) == sorted(map(tuple, codes.numpy().astype(np.float32).tolist()))
+    assert scatter.axes[0].get_title() == f"{what}s of 12 images"
+    # Without codes (no DataModule, or scatter_images 0), only the prior's plane can be drawn.
+    assert list(ImageLogger(manifold_steps=3).latent_maps(model, None, None)[0]) == [manifold][: manifold == "manifold"]
+
+
 # ----- log_image: the dispatch ---------------------------------------------------------------------
 
 
@@ -293,3 +498,7 @@ def test_bad_settings_are_refused() -> None:
         ImageLogger(interpolation_steps=1)
     with pytest.raises(VAEZooError, match="traversal_range"):
         ImageLogger(traversal_range=0.0)
+    with pytest.raises(VAEZooError, match="manifold_steps must be >= 2 tiles per side, or 0"):
+        ImageLogger(manifold_steps=1)
+    with pytest.raises(VAEZooError, match=r"manifold_quantile must be in \(0, 0.5\)"):
+        ImageLogger(manifold_quantile=0.5)

@@ -40,6 +40,7 @@ import yaml
 from lightning.pytorch.cli import LightningCLI
 
 from tests.data_files import patch_cifar10_md5s, write_cifar10_batches, write_mnist_idx
+from tests.test_celeba import patch_celeba_md5s, write_celeba
 from tests.test_cli import tiny_data_args
 from vaezoo.cli import main
 from vaezoo.data.mnist import MNISTDataModule
@@ -345,10 +346,13 @@ def test_every_recipe_writes_checkpoints_that_load_with_weights_only(
     config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_mnist_idx(tmp_path)
+    write_mnist_idx(tmp_path, folder="FashionMNIST")
     patch_cifar10_md5s(monkeypatch, write_cifar10_batches(tmp_path, n_per_batch=8))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # CelebA's decoded splits
+    patch_celeba_md5s(monkeypatch, write_celeba(tmp_path))
     monkeypatch.chdir(tmp_path)
     code, err = run_in_process(
-        "fit", "--config", str(config), "--data.root", str(tmp_path), *SMALL, *tiny_data_args(config),
+        "fit", "--config", str(config), "--data.root", str(tmp_path), *tiny_data_args(config),
         "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--images.every_n_epochs", "0", "--trainer.enable_progress_bar", "false",
         "--trainer.logger", "false", "--trainer.callbacks", "ModelCheckpoint", "--trainer.callbacks.dirpath", "ckpts",
         "--trainer.callbacks.save_last", "true",

@@ -29,6 +29,7 @@ _EXPORTS = {
     "ConvNet": "vaezoo.nets",
     "MLPNet": "vaezoo.nets",
     "Net": "vaezoo.nets",
+    "ResNet": "vaezoo.nets",
     "register_dataset": "vaezoo.registry",
     "register_likelihood": "vaezoo.registry",
     "register_net": "vaezoo.registry",
@@ -49,6 +50,7 @@ __all__ = [
     "Likelihood",
     "MLPNet",
     "Net",
+    "ResNet",
     "VAEOutput",
     "VAEZooError",
     "VQVAE",
@@ -63,7 +65,7 @@ if TYPE_CHECKING:
     from vaezoo.errors import VAEZooError
     from vaezoo.likelihoods import Bernoulli, DiscretizedLogistic, Gaussian, Likelihood
     from vaezoo.models import VAE, BetaTCVAE, BetaVAE, DiagonalGaussian, HVAE, IWAE, VAEOutput, VQVAE
-    from vaezoo.nets import ConvNet, MLPNet, Net
+    from vaezoo.nets import ConvNet, MLPNet, Net, ResNet
     from vaezoo.registry import register_dataset, register_likelihood, register_net, register_variant
 
 

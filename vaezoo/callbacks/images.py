@@ -7,10 +7,14 @@ during ``fit``/``validate`` and ``test`` during ``test``:
 
 - ``stage/images/reconstructions``, ``stage/images/samples``, ``stage/images/interpolations``,
   ``stage/images/traversals``;
-- with a 2-D latent space only: ``stage/images/manifold`` and ``stage/images/latent_scatter``.
+- the latent maps: ``stage/images/latent_scatter`` (the codes of up to ``scatter_images`` images,
+  coloured by label; a latent larger than 2 is shown on its two principal components) and the
+  decoded latent plane, ``stage/images/manifold`` (a 2-D code under the N(0, I) prior: the prior's
+  quantiles) or ``stage/images/manifold_pca`` (any other code: the plane of the codes' two
+  principal components through their mean).
 
 Everything is cheap: the first few images of the stage's dataloader, one decoder call per picture,
-and a pass over at most ``scatter_images`` images for the 2-D scatter.
+and one encoder pass over at most ``scatter_images`` images for the latent maps.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import lightning as L
 import torch
@@ -35,7 +39,7 @@ if TYPE_CHECKING:
 
 Stage = Literal["val", "test"]
 
-__all__ = ["ImageLogger", "latent_scatter", "most_active_dims"]
+__all__ = ["PCA", "ImageLogger", "latent_scatter", "most_active_dims", "principal_components"]
 
 
 def most_active_dims(means: Tensor, k: int) -> Tensor:
@@ -83,11 +87,23 @@ class ImageLogger(L.Callback):
       from ``-traversal_range`` to ``+traversal_range`` (absolute code values, in units of the
       prior's standard deviation, 1), while the other dimensions stay at the posterior mean of the
       first image (Higgins et al. 2017).
-    - ``manifold`` (only when ``latent_dim`` is 2): decodings over a ``manifold_steps`` x
-      ``manifold_steps`` grid of the latent plane at the prior's quantiles 0.05 .. 0.95 (Kingma &
-      Welling 2014, fig. 4); z1 grows left to right, z2 bottom to top.
-    - ``latent_scatter`` (only when ``latent_dim`` is 2): the posterior means of up to
-      ``scatter_images`` images (rank 0's share under DDP), coloured by label.
+    - ``latent_scatter``: the codes (``model.code``: posterior means; z1's posterior means for
+      ``hvae``; the quantised codes for ``vqvae``, a few piles of points, one per codebook entry) of
+      up to ``scatter_images`` images (rank 0's share under DDP), coloured by label, with a legend.
+      A 2-D code is drawn as it is; a larger one on its first two principal components (an SVD of
+      the centred codes), as the title says with the share of variance they explain.
+    - ``manifold`` (a 2-D code under the N(0, I) prior): decodings over a ``manifold_steps`` x
+      ``manifold_steps`` grid of the latent plane at the prior's quantiles ``manifold_quantile`` ..
+      ``1 - manifold_quantile`` (Kingma & Welling 2014, fig. 4); z1 grows left to right, z2 bottom
+      to top.
+    - ``manifold_pca`` (any other code: larger than 2, a learned prior, a deeper ``hvae``'s z1, ``vqvae``):
+      the same grid over the plane through the mean of the scatter's codes spanned by their first
+      two principal components, at ``mean + s_i * Phi^-1(p)`` along component i, with ``s_i`` the
+      codes' standard deviation along it and ``p`` the same quantiles: the central part of a
+      Gaussian fitted to the codes. PC1 grows left to right, PC2 bottom to top. Needs the
+      scatter's codes (``scatter_images`` > 0).
+
+    Neither latent map is drawn for a 1-D code.
 
     Args:
         every_n_epochs: Log at the end of validation every this many epochs (epochs N, 2N, ...
@@ -102,8 +118,12 @@ class ImageLogger(L.Callback):
         traversal_steps: Tiles per traversal row, i.e. values swept per dimension (at least 2).
         traversal_range: The swept dimension runs from -traversal_range to +traversal_range, in
             prior standard deviations (the prior is N(0, 1) per dimension, so 3.0 spans 99.7% of it).
-        manifold_steps: Tiles per side of the 2-D manifold grid (at least 2).
-        scatter_images: Most images whose posterior means the 2-D scatter shows; 0 turns it off.
+        manifold_steps: Tiles per side of the manifold grid (at least 2); 0 turns it off.
+        manifold_quantile: The manifold grid runs from this quantile to 1 minus it along each axis
+            (0.05: the central 90%, as Kingma & Welling); in (0, 0.5).
+        scatter_images: Most images whose codes the latent scatter shows (and the principal
+            components of a code larger than 2 come from); 0 turns the scatter and the PCA
+            manifold off.
         seed: Seed of the fixed codes behind the samples grid.
     """
 
@@ -117,6 +137,7 @@ class ImageLogger(L.Callback):
         traversal_steps: int = 11,
         traversal_range: float = 3.0,
         manifold_steps: int = 20,
+        manifold_quantile: float = 0.05,
         scatter_images: int = 5000,
         seed: int = 0,
     ) -> None:
@@ -128,13 +149,20 @@ class ImageLogger(L.Callback):
             "interpolation_steps": (interpolation_steps, 2),
             "num_traversal_dims": (num_traversal_dims, 0),
             "traversal_steps": (traversal_steps, 2),
-            "manifold_steps": (manifold_steps, 2),
+            "manifold_steps": (manifold_steps, 0),
             "scatter_images": (scatter_images, 0),
             "seed": (seed, 0),
         }
         for name, (value, least) in minimums.items():
             if value < least:
                 raise VAEZooError(f"ImageLogger's {name} must be >= {least}, got {value}.")
+        if manifold_steps == 1:
+            raise VAEZooError("ImageLogger's manifold_steps must be >= 2 tiles per side, or 0 to turn it off, got 1.")
+        if not 0 < manifold_quantile < 0.5:
+            raise VAEZooError(
+                f"ImageLogger's manifold_quantile must be in (0, 0.5), got {manifold_quantile}; e.g. 0.05 spans the "
+                "central 90% of each axis."
+            )
         if not traversal_range > 0:
             raise VAEZooError(
                 f"ImageLogger's traversal_range must be > 0 prior standard deviations, got {traversal_range}."
@@ -147,6 +175,7 @@ class ImageLogger(L.Callback):
         self.traversal_steps = traversal_steps
         self.traversal_range = traversal_range
         self.manifold_steps = manifold_steps
+        self.manifold_quantile = manifold_quantile
         self.scatter_images = scatter_images
         self.seed = seed
         self._logged_step: int | None = None  # global step of the last validation pictures
@@ -195,11 +224,11 @@ class ImageLogger(L.Callback):
     def _compute(self, trainer: L.Trainer, model: VAE, stage: Stage) -> tuple[dict[str, Tensor], Figure | None]:
         first = _take(self._batches(trainer, model, stage), max(self.num_images, 2 * self.num_interpolations))
         grids = self.grids(model, first[0] if first is not None else None)
-        scatter = None
-        if model.latent_dim == 2 and self.scatter_images:
-            means, labels = _posterior_means(model, self._batches(trainer, model, stage), self.scatter_images)
-            scatter = latent_scatter(means, labels) if len(means) else None
-        return grids, scatter
+        codes = labels = None
+        if model.latent.code_dim >= 2 and self.scatter_images:
+            codes, labels = _posterior_means(model, self._batches(trainer, model, stage), self.scatter_images)
+        maps, scatter = self.latent_maps(model, codes, labels)
+        return {**grids, **maps}, scatter
 
     def _batches(self, trainer: L.Trainer, model: VAE, stage: Stage) -> Iterator[tuple[Tensor, Tensor]]:
         """The stage's batches as evaluation sees them: float images on the model's device."""
@@ -215,7 +244,7 @@ class ImageLogger(L.Callback):
     # ----- what ------------------------------------------------------------------------------------
 
     def grids(self, model: VAE, x: Tensor | None) -> dict[str, Tensor]:
-        """Every grid picture, by name, for images ``x`` ``(B, C, H, W)`` (None: samples and manifold only)."""
+        """Every grid picture, by name, for images ``x`` ``(B, C, H, W)`` (None: samples only)."""
         grids = {}
         if x is not None:
             grids["reconstructions"] = self.reconstruction_grid(model, x)
@@ -224,9 +253,35 @@ class ImageLogger(L.Callback):
             grids["interpolations"] = self.interpolation_grid(model, x)
         if x is not None and self.num_traversal_dims:
             grids["traversals"] = self.traversal_grid(model, x)
-        if model.latent_dim == 2:
-            grids["manifold"] = self.manifold_grid(model)
         return grids
+
+    @torch.no_grad()
+    def latent_maps(
+        self, model: VAE, codes: Tensor | None, labels: Tensor | None
+    ) -> tuple[dict[str, Tensor], Figure | None]:
+        """The manifold grid, by name (``manifold`` or ``manifold_pca``), and the latent scatter.
+
+        Args:
+            model: The model, in eval mode.
+            codes: ``model.code`` of the scatter's images ``(N, D)``, or None (no data, or
+                ``scatter_images`` is 0): then only the prior's manifold can be drawn.
+            labels: Their labels ``(N,)``.
+
+        Returns:
+            The grids (none for a 1-D code, nor for ``manifold_pca`` with fewer than 2 codes) and
+            the scatter figure (None without codes, or with fewer than 2 for a code larger than 2).
+        """
+        dim = model.latent.code_dim
+        if dim < 2:
+            return {}, None  # a line, not a plane: the traversals picture already sweeps it
+        enough = codes is not None and len(codes) >= (1 if dim == 2 else 2)  # an SVD needs 2 points for 2 components
+        grids = {}
+        if self.manifold_steps and dim == 2 and _prior_is_standard_normal(model):
+            grids["manifold"] = self.manifold_grid(model)
+        elif self.manifold_steps and codes is not None and len(codes) >= 2:
+            grids["manifold_pca"] = self.manifold_grid(model, principal_components(codes))
+        scatter = latent_scatter(codes, labels, _code_name(model)) if enough else None
+        return grids, scatter
 
     @torch.no_grad()
     def reconstruction_grid(self, model: VAE, x: Tensor) -> Tensor:
@@ -278,34 +333,111 @@ class ImageLogger(L.Callback):
         return codes
 
     @torch.no_grad()
-    def manifold_grid(self, model: VAE) -> Tensor:
-        """Decodings over the 2-D latent plane at the prior's quantiles: ``(3, H', W')``."""
-        probs = torch.linspace(0.05, 0.95, self.manifold_steps, dtype=torch.float64)
-        q = torch.distributions.Normal(0.0, 1.0).icdf(probs)  # (S,) increasing
-        # Rows from the top: z2 decreasing, so "up" in the picture is +z2 as on a plot.
-        z2, z1 = torch.meshgrid(q.flip(0), q, indexing="ij")  # (S, S) each
-        z = torch.stack([z1, z2], dim=-1).flatten(0, 1)  # (S * S, 2), row-major like the grid
+    def manifold_grid(self, model: VAE, pca: PCA | None = None) -> Tensor:
+        """Decodings of :meth:`manifold_codes` as a ``manifold_steps``-wide grid: ``(3, H', W')``."""
+        z = self.manifold_codes(pca)  # (S * S, D)
         return make_grid(_decode_mean(model, z.to(model.device, model.dtype)), nrow=self.manifold_steps)
 
+    def manifold_codes(self, pca: PCA | None = None) -> Tensor:
+        """The codes of the manifold grid, ``(S * S, D)`` float64 in the grid's row-major order.
 
-def latent_scatter(means: Tensor, labels: Tensor) -> Figure:
-    """A scatter plot of 2-D posterior means ``(N, 2)`` coloured by their labels ``(N,)``, 500x450 pixels."""
+        With ``pca`` None, ``D`` = 2 and ``(z1, z2) = (Phi^-1(p_j), Phi^-1(p_i))`` for tile (row i,
+        column j), ``p`` = ``linspace(manifold_quantile, 1 - manifold_quantile, S)`` and rows from
+        the top, so z2 grows upwards. With ``pca``, ``mean + Phi^-1(p_j) s_1 v_1 + Phi^-1(p_i) s_2 v_2``
+        for its directions ``v`` and standard deviations ``s``.
+        """
+        probs = torch.linspace(self.manifold_quantile, 1 - self.manifold_quantile, self.manifold_steps,
+                               dtype=torch.float64)
+        q = torch.distributions.Normal(0.0, 1.0).icdf(probs)  # (S,) increasing
+        # Rows from the top: the second coordinate decreasing, so "up" in the picture is + as on a plot.
+        b, a = torch.meshgrid(q.flip(0), q, indexing="ij")  # (S, S) each
+        ab = torch.stack([a, b], dim=-1).flatten(0, 1)  # (S * S, 2), row-major like the grid
+        if pca is None:
+            return ab
+        return pca.mean + (ab * pca.std) @ pca.axes  # (S * S, D): the plane through the mean
+
+
+class PCA(NamedTuple):
+    """The first two principal components of codes ``(N, D)``, float64 (see :func:`principal_components`).
+
+    Attributes:
+        mean: The codes' mean ``(D,)``.
+        axes: The two principal directions ``(2, D)``, unit rows, largest variance first.
+        std: The codes' standard deviation along each ``(2,)`` (divisor N - 1).
+        explained: The share of the codes' total variance along each ``(2,)``, in [0, 1].
+    """
+
+    mean: Tensor
+    axes: Tensor
+    std: Tensor
+    explained: Tensor
+
+    def project(self, codes: Tensor) -> Tensor:
+        """Coordinates ``(N, 2)`` of codes ``(N, D)`` on the two components, from the mean."""
+        return (codes.double() - self.mean) @ self.axes.T
+
+
+def principal_components(codes: Tensor) -> PCA:
+    """The first two principal components of ``N >= 2`` codes ``(N, D)``, ``D >= 2``, by an SVD of the centred codes.
+
+    An SVD's signs are arbitrary; each direction is flipped so that its largest entry (in absolute value) is
+    positive, so the same codes always give the same picture.
+    """
+    codes = codes.double().cpu()
+    mean = codes.mean(0)  # (D,)
+    _, s, vh = torch.linalg.svd(codes - mean, full_matrices=False)  # s (min(N, D),), vh (min(N, D), D)
+    axes = vh[:2]  # (2, D)
+    pivot = axes.abs().argmax(1, keepdim=True)  # (2, 1)
+    axes = axes * axes.gather(1, pivot).sign()  # rows are unit vectors, so the pivot is never 0
+    var = s.pow(2)  # (min(N, D),): N - 1 times the variance along each component
+    return PCA(mean, axes, (var[:2] / (len(codes) - 1)).sqrt(), var[:2] / var.sum().clamp(min=1e-300))
+
+
+def latent_scatter(codes: Tensor, labels: Tensor, what: str = "posterior mean") -> Figure:
+    """A scatter plot of codes ``(N, D)``, coloured by their labels ``(N,)`` with a legend, 500x450 pixels.
+
+    A 2-D code is drawn as it is, a larger one on its first two principal components (:func:`principal_components`,
+    which needs ``N >= 2``), and the title says which, with the share of the variance the two explain.
+
+    Args:
+        codes: The codes, e.g. ``model.code(x)``.
+        labels: Integer labels.
+        what: What a code is, for the axes and the title (e.g. "posterior mean", "quantised code").
+    """
     from matplotlib import colormaps  # lazily: matplotlib is slow to import
     from matplotlib.figure import Figure
 
-    means, labels = means.float().cpu().numpy(), labels.cpu().numpy()
+    n, dim = codes.shape
+    if dim == 2:
+        points = codes.float().cpu().numpy()
+        axes = (f"z1 ({what})", f"z2 ({what})")
+        title = f"{what}s of {n} images"
+    else:
+        pca = principal_components(codes)
+        points = pca.project(codes).float().numpy()
+        share = (100 * pca.explained).tolist()
+        axes = (f"PC1 ({share[0]:.0f}% of variance)", f"PC2 ({share[1]:.0f}% of variance)")
+        title = (f"{what}s of {n} images: first 2 principal\n"
+                 f"components of the {dim}-D code ({sum(share):.0f}% of variance)")
+    labels = labels.cpu().numpy()
     # Built without pyplot: no global figure registry, no GUI backend; log_figure draws it with Agg.
     fig = Figure(figsize=(5, 4.5), dpi=100, layout="constrained")
     ax = fig.add_subplot()
-    lo, hi = int(labels.min()), int(labels.max())
-    classes = hi - lo + 1
-    # One distinct colour per class, centred on its integer label; a continuous map past 10 classes.
-    cmap = colormaps["tab10"].resampled(classes) if classes <= 10 else colormaps["viridis"]
-    points = ax.scatter(means[:, 0], means[:, 1], c=labels, s=4, alpha=0.7, cmap=cmap, vmin=lo - 0.5, vmax=hi + 0.5)
-    fig.colorbar(points, ax=ax, label="label", ticks=range(lo, hi + 1) if classes <= 10 else None)
-    ax.set_xlabel("z1 (posterior mean)")
-    ax.set_ylabel("z2 (posterior mean)")
-    ax.set_title(f"q(z | x) means of {len(means)} images")
+    classes = sorted(set(labels.tolist()))
+    if len(classes) <= 20:
+        # One distinct colour per class, named in a legend beside the plot.
+        cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
+        for i, label in enumerate(classes):
+            chosen = labels == label
+            ax.scatter(points[chosen, 0], points[chosen, 1], s=4, alpha=0.7, color=cmap(i), label=str(label))
+        ax.legend(title="label", loc="upper left", bbox_to_anchor=(1.0, 1.0), markerscale=3, fontsize="small",
+                  frameon=False)
+    else:  # too many classes for a legend: a continuous map and a colour bar
+        drawn = ax.scatter(points[:, 0], points[:, 1], c=labels, s=4, alpha=0.7, cmap=colormaps["viridis"])
+        fig.colorbar(drawn, ax=ax, label="label")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(title, fontsize="medium")
     return fig
 
 
@@ -317,7 +449,8 @@ def latent_kl_figure(stats: dict[str, Tensor]) -> Figure:
     """
     from matplotlib.figure import Figure  # lazily: matplotlib is slow to import
 
-    kl, activity = stats["kl_per_dim"].float().cpu().numpy(), stats["activity"].float().cpu().numpy()
+    # reshape: torchmetrics squeezes a 1-element result, so a 1-D latent's (1,) arrives as ()
+    kl, activity = (stats[key].float().cpu().reshape(-1).numpy() for key in ("kl_per_dim", "activity"))
     dims = range(len(kl))
     fig = Figure(figsize=(max(5, len(kl) * 0.12), 5), dpi=100, layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
@@ -330,6 +463,39 @@ def latent_kl_figure(stats: dict[str, Tensor]) -> Figure:
     bottom.set_ylabel("Cov_x(E_q[z])")
     bottom.set_xlabel("latent dimension")
     return fig
+
+
+def _prior_is_standard_normal(model: VAE) -> bool:
+    """Whether the decoder's code has the prior N(0, I), so the prior's quantiles span where the codes lie.
+
+    True for one Gaussian layer (or an ``hvae`` of one layer) under the ``normal`` prior; a learned prior
+    (``mog``, ``vamp``), z1 of a deeper ``hvae`` (its prior is a mixture over z2) and ``vqvae``'s codebook
+    vectors are elsewhere.
+    """
+    from vaezoo.latents.gaussian import GaussianLatent
+    from vaezoo.latents.hierarchical import HierarchicalLatent
+    from vaezoo.priors.normal import NormalPrior
+
+    latent = model.latent
+    one_layer = isinstance(latent, GaussianLatent) or (
+        isinstance(latent, HierarchicalLatent) and len(latent.layers) == 1
+    )
+    return one_layer and isinstance(getattr(latent, "prior", None), NormalPrior)
+
+
+def _code_name(model: VAE) -> str:
+    """What ``model.code`` gives, in words, for the scatter's axes and title."""
+    from vaezoo.latents.gaussian import GaussianLatent
+    from vaezoo.latents.hierarchical import HierarchicalLatent
+    from vaezoo.latents.vq import VQLatent
+
+    if isinstance(model.latent, GaussianLatent):
+        return "posterior mean"
+    if isinstance(model.latent, HierarchicalLatent):
+        return "z1 posterior mean"
+    if isinstance(model.latent, VQLatent):
+        return "quantised code"
+    return "code"  # a plugin's kind of latent
 
 
 def _side(n: int) -> int:

@@ -102,14 +102,18 @@ class ImageDataModule(lightning.LightningDataModule):
 
         A model is built for one image shape (its ``image_shape`` hyperparameter). Run on images of
         another shape, its net fails to build or its weights fail to load, with messages about layers;
-        this one names both datasets instead.
+        this one names both datasets instead. A DataModule whose shape comes from its settings (a
+        property, as ``folder``'s) is not checked here: the class alone does not know it.
         """
+        shape = getattr(cls, "image_shape", None)
+        if not isinstance(shape, tuple):
+            return None
         try:  # mmap: only the hyperparameters are read, not the weights
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception:  # noqa: BLE001 (an unreadable checkpoint is reported where it is loaded)
             return None
         saved = (checkpoint.get("hyper_parameters") or {}).get("image_shape")
-        if saved is None or tuple(saved) == tuple(cls.image_shape):
+        if saved is None or tuple(saved) == shape:
             return None
         data = checkpoint.get("datamodule_hyper_parameters") or {}
         trained_on = registered_name(data.get("_class_path"), [DATASETS])
@@ -118,7 +122,7 @@ class ImageDataModule(lightning.LightningDataModule):
         run_on = f"--data {trained_on}" if trained_on in DATASETS else "the data it was trained on"
         return (
             f"--ckpt_path {path} holds a model trained on {images}, but this config's data are "
-            f"{'x'.join(map(str, cls.image_shape))} images ({name}): a model runs only on images of the shape it "
+            f"{'x'.join(map(str, shape))} images ({name}): a model runs only on images of the shape it "
             f"was trained on. Run it with {run_on} (or with the config.yaml of its run folder), or use a "
             f"checkpoint trained on {name}."
         )

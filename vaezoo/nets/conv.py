@@ -20,6 +20,40 @@ def _contiguous(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> 
     return output.contiguous()  # callers (metrics, .view) expect the usual NCHW layout
 
 
+class Crop(nn.Module):
+    """Cut ``(top, bottom, left, right)`` pixels off a ``(B, C, H, W)`` map: undoes the encoder's padding."""
+
+    def __init__(self, top: int, bottom: int, left: int, right: int) -> None:
+        super().__init__()
+        self.edges = (top, bottom, left, right)
+
+    def forward(self, x: Tensor) -> Tensor:
+        top, bottom, left, right = self.edges
+        return x[:, :, top : x.shape[2] - bottom, left : x.shape[3] - right]
+
+    def extra_repr(self) -> str:
+        return "top={}, bottom={}, left={}, right={}".format(*self.edges)
+
+
+def fit_to_stride(h: int, w: int, factor: int) -> tuple[int, int, list[nn.Module], list[nn.Module]]:
+    """How a net whose layers halve the size ``log2(factor)`` times handles an image of any ``h`` x ``w``.
+
+    The encoder zero-pads the image up to the next multiple of ``factor`` (split evenly, the odd pixel
+    at the bottom and right) and the decoder crops the same pixels off its output, so it gives exactly
+    ``h`` x ``w`` and the likelihood never scores the padding. Sizes already divisible get no modules,
+    so their nets (and checkpoints) are as before.
+
+    Returns:
+        The padded height and width, the encoder's first modules and the decoder's last ones.
+    """
+    ph, pw = -h % factor, -w % factor
+    if not ph and not pw:
+        return h, w, [], []
+    top, left = ph // 2, pw // 2
+    bottom, right = ph - top, pw - left
+    return h + ph, w + pw, [nn.ZeroPad2d((left, right, top, bottom))], [Crop(top, bottom, left, right)]
+
+
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
@@ -32,8 +66,11 @@ def _norm(kind: str, channels: int) -> nn.Module:
 class ConvNet(Net):
     """Strided conv encoder and transposed-conv decoder; each layer halves (doubles) the image size.
 
-    Works for any image whose height and width are divisible by ``2 ** len(channels)``: 1x28x28
-    and 3x32x32 with the default two layers, 3x32x32 with up to five.
+    Works for images of any size. When height or width is not divisible by ``2 ** len(channels)``
+    (1x28x28 with three layers, 3x218x178), the encoder zero-pads the image up to the next multiple
+    and the decoder crops its output back to exactly the image's size: the padding is never scored.
+    Sizes that divide (1x28x28 and 3x32x32 with the default two layers, 3x64x64 with up to six) are
+    neither padded nor cropped.
 
     Args:
         image_shape: Supplied by the model from the data; not set in configs.
@@ -58,14 +95,9 @@ class ConvNet(Net):
         factor = 2 ** len(channels)
         if not channels or min(channels) <= 0:
             raise VAEZooError(f"conv net needs at least one layer of positive channels, got {channels}.")
-        if h % factor or w % factor:
-            raise VAEZooError(
-                f"conv net with {len(channels)} stride-2 layers needs height and width divisible by "
-                f"{factor}, but the images are {c}x{h}x{w}. Use fewer layers in --model.net.channels "
-                f"(e.g. {len(channels) - 1} entries) or resize the images."
-            )
         act = ACTIVATIONS[activation]
-        hf, wf = h // factor, w // factor  # spatial size at the bottleneck
+        hp, wp, pad, crop = fit_to_stride(h, w, factor)  # (B, c, h, w) <-> (B, c, hp, wp)
+        hf, wf = hp // factor, wp // factor  # spatial size at the bottleneck
 
         def down(a: int, b: int) -> list[nn.Module]:  # (B, a, H, W) -> (B, b, H/2, W/2)
             return [nn.Conv2d(a, b, 4, stride=2, padding=1), _norm(norm, b), act()]
@@ -75,6 +107,7 @@ class ConvNet(Net):
 
         sizes = [c, *channels]
         self.encoder = nn.Sequential(
+            *pad,
             *[m for a, b in zip(sizes, sizes[1:]) for m in down(a, b)],
             nn.Flatten(),  # (B, channels[-1] * hf * wf)
             nn.Linear(channels[-1] * hf * wf, 2 * latent_dim),
@@ -86,6 +119,7 @@ class ConvNet(Net):
             nn.Unflatten(1, (rev[0], hf, wf)),
             *[m for a, b in zip(rev, [*rev[1:], rev[-1]]) for m in up(a, b)],  # back to (B, channels[0], H, W)
             nn.Conv2d(rev[-1], out_channels, 3, padding=1),  # likelihood parameters, no activation
+            *crop,  # (B, out_channels, hp, wp) -> (B, out_channels, h, w)
         )
         # NHWC ("channels_last") weights and input: oneDNN's CPU convolutions and the GPUs' tensor cores
         # are faster in it (1.1-1.3x per step on CPU, see docs/performance.md). Parameter names and
