@@ -6,6 +6,7 @@ to the device as uint8 (4x less to copy than float32) and become float32 in [0, 
 """
 
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning
@@ -35,6 +36,12 @@ def _check_implemented(cls: type["ImageDataModule"]) -> None:
         f"{cls.__module__}.{cls.__qualname__} does not implement {' and '.join(missing)}, so it cannot read any "
         f"images: implement them (see vaezoo.data.ImageDataModule), or use a registered dataset. {choose}."
     )
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/vaezoo`` (default ``~/.cache/vaezoo``): where DataModules cache decoded images, the
+    user's cache, never the (maybe shared or read-only) data folder."""
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "vaezoo"
 
 
 class ImageDataModule(lightning.LightningDataModule):

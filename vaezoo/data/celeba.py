@@ -38,8 +38,7 @@ from torchvision.datasets import CelebA
 from torchvision.datasets.utils import check_integrity, extract_archive
 from torchvision.transforms import v2
 
-from vaezoo.data.base import ImageDataModule, Split
-from vaezoo.data.cifar10 import _cache_dir
+from vaezoo.data.base import ImageDataModule, Split, user_cache_dir
 from vaezoo.errors import VAEZooError, error_reason
 from vaezoo.io import atomic_write
 from vaezoo.registry import register_dataset
@@ -254,7 +253,7 @@ class CelebADataModule(ImageDataModule):
                 f"official {IMAGES}/ folder (202,599 JPEGs) there, complete."
             ) from None
         size = self.hparams.image_size
-        cache = _cache_dir() / f"celeba_{split}_{size}px_{key.hexdigest()[:16]}.npy"
+        cache = user_cache_dir() / f"celeba_{split}_{size}px_{key.hexdigest()[:16]}.npy"
         if cache.is_file():
             # Copy-on-write memory map: pages are read when a batch needs them, and writes stay private.
             return torch.from_numpy(np.load(cache, mmap_mode="c")), labels

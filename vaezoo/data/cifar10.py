@@ -11,7 +11,6 @@ Sources, in order of preference:
    not for published numbers.
 """
 
-import os
 import pickle
 import warnings
 import zipfile
@@ -27,7 +26,7 @@ from torchvision.datasets import CIFAR10
 from torchvision.datasets.utils import calculate_md5, check_integrity
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from vaezoo.data.base import ImageDataModule
+from vaezoo.data.base import ImageDataModule, user_cache_dir
 from vaezoo.errors import VAEZooError, describe_error, error_reason
 from vaezoo.io import atomic_write
 from vaezoo.registry import register_dataset
@@ -39,11 +38,6 @@ MIRROR_TEST = "cifar10_test_from_jpeg.npz"
 
 # What torchvision raises for missing, unreachable or damaged files (URLError is an OSError).
 _READ_ERRORS = (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError)
-
-
-def _cache_dir() -> Path:
-    """Where the decoded training JPEGs are cached: the user's cache, never the (maybe shared) data folder."""
-    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "vaezoo"
 
 
 def decode_jpeg_zip(path: Path) -> tuple[Tensor, Tensor]:
@@ -168,7 +162,7 @@ class CIFAR10DataModule(ImageDataModule):
         """The decoded training zip, from the cache if there, else decoded (and cached when ``write``)."""
         zip_path = Path(self.hparams.root) / MIRROR_DIR / MIRROR_TRAIN
         # Keyed by content so a replaced zip is never served from a stale cache.
-        cache = _cache_dir() / f"cifar10_train_from_jpeg_{calculate_md5(zip_path)[:12]}.npz"
+        cache = user_cache_dir() / f"cifar10_train_from_jpeg_{calculate_md5(zip_path)[:12]}.npz"
         if cache.is_file():
             with np.load(cache) as arrays:
                 return torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"])

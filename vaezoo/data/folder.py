@@ -38,7 +38,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vaezoo.data.base import ImageDataModule, Split
+from vaezoo.data.base import ImageDataModule, Split, user_cache_dir
 from vaezoo.data.loader import EpochBatchSampler, TensorBatchLoader
 from vaezoo.errors import VAEZooError, describe_error
 from vaezoo.io import atomic_write
@@ -282,7 +282,7 @@ def _available_memory() -> int | None:
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/vaezoo/folders`` (default ``~/.cache/vaezoo/folders``): the user's cache, so that a
     shared or read-only image folder is never written to."""
-    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "vaezoo" / "folders"
+    return user_cache_dir() / "folders"
 
 
 class IndexedBatchLoader(TensorBatchLoader):
