@@ -18,6 +18,7 @@ from __future__ import annotations
 import glob
 import importlib
 import os
+import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -203,3 +204,38 @@ def resolve(keyword: str, subcommand: str, trainer: Namespace, asked: dict[str, 
             f"of a checkpoint, or 'last'.{others}"
         )
     return Resolution(str(best), f"vaezoo: --ckpt_path best: {best}")
+
+
+def check_file(path: Path, keywords: bool = True) -> None:
+    """Refuse a ``--ckpt_path`` that is missing, a folder, or a cut-off file, before the data loads.
+
+    torch would fail later with a traceback: "Is a directory", or a zip archive's "central directory".
+
+    Args:
+        path: The ``--ckpt_path`` given.
+        keywords: Whether the command also takes ``last`` and ``best`` (fit, validate, test, predict), to suggest them.
+    """
+    last_best = keywords
+    if path.is_dir():
+        inside = sorted((p for pattern in ("*.ckpt", "checkpoints/*.ckpt", "*/checkpoints/*.ckpt") for p in path.glob(pattern)),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+        example = f" such as {inside[0]} (the newest of the {len(inside)} there)" if inside else ""
+        raise VAEZooError(
+            f"--ckpt_path {path} is a folder, not a checkpoint file. Give a .ckpt file{example}"
+            + (", or 'last' / 'best' for the newest / best checkpoint of this config's runs." if last_best else ".")
+        )
+    if not path.is_file():
+        raise VAEZooError(
+            f"--ckpt_path {path} does not exist. Give the path of a .ckpt file, e.g. runs/<recipe>/version_<N>/"
+            "checkpoints/last.ckpt" + (", or 'last' (the newest checkpoint of this config's runs) or 'best'." if last_best else ".")
+        )
+    if zipfile.is_zipfile(path):  # torch's format since 1.6: the zip's directory is written last
+        return
+    with path.open("rb") as f:
+        if f.read(1) == b"\x80":  # a pickle: torch's legacy format, which torch.load reads itself
+            return
+    raise VAEZooError(
+        f"--ckpt_path {path} is not a complete checkpoint: it is cut off (a copy or download that did not finish) "
+        f"or not a checkpoint at all ({path.stat().st_size} bytes). Copy it again, or use another checkpoint of the run "
+        f"(ls {path.parent})."
+    )

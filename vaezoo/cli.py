@@ -15,7 +15,6 @@ import logging
 import sys
 import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -116,7 +115,7 @@ class VAEZooCLI(LightningCLI):
             config["ckpt_path"] = ckpt = resolution.path  # config.yaml names the file
             if ckpt is None:
                 return
-        _check_checkpoint_file(Path(ckpt))
+        checkpoints.check_file(Path(ckpt))
         data_class = checkpoints.class_of(config.get("data"))
         if data_class is not None and issubclass(data_class, ImageDataModule):
             # Before the model is built: a net for other images fails to build, or its weights fail to load,
@@ -374,36 +373,6 @@ def _check_writable(trainer: Trainer) -> None:
                 f"cannot write the run's files to {folder} ({err.strerror or err}). Choose a writable folder with "
                 f"{option}, or run from a folder you can write to (runs/ is relative to it)."
             ) from None
-
-
-def _check_checkpoint_file(path: Path) -> None:
-    """Refuse a ``--ckpt_path`` that is missing, a folder, or a cut-off file, before the data loads.
-
-    torch would fail later with a traceback: "Is a directory", or a zip archive's "central directory".
-    """
-    if path.is_dir():
-        inside = sorted((p for pattern in ("*.ckpt", "checkpoints/*.ckpt", "*/checkpoints/*.ckpt") for p in path.glob(pattern)),
-                        key=lambda p: p.stat().st_mtime, reverse=True)
-        example = f" such as {inside[0]} (the newest of the {len(inside)} there)" if inside else ""
-        raise VAEZooError(
-            f"--ckpt_path {path} is a folder, not a checkpoint file. Give a .ckpt file{example}, or 'last' / 'best' "
-            "for the newest / best checkpoint of this config's runs."
-        )
-    if not path.is_file():
-        raise VAEZooError(
-            f"--ckpt_path {path} does not exist. Give the path of a .ckpt file, e.g. runs/<recipe>/version_<N>/"
-            "checkpoints/last.ckpt, or 'last' (the newest checkpoint of this config's runs) or 'best'."
-        )
-    if zipfile.is_zipfile(path):  # torch's format since 1.6: the zip's directory is written last
-        return
-    with path.open("rb") as f:
-        if f.read(1) == b"\x80":  # a pickle: torch's legacy format, which torch.load reads itself
-            return
-    raise VAEZooError(
-        f"--ckpt_path {path} is not a complete checkpoint: it is cut off (a copy or download that did not finish) "
-        f"or not a checkpoint at all ({path.stat().st_size} bytes). Copy it again, or use another checkpoint of the run "
-        f"(ls {path.parent})."
-    )
 
 
 def _check_cpu_devices(trainer: Namespace) -> None:

@@ -12,7 +12,7 @@ import sys
 from importlib import metadata
 
 HELP = """\
-usage: vaezoo [-h] [--version] {fit,validate,test,predict,variants,compare} ...
+usage: vaezoo [-h] [--version] {fit,validate,test,predict,variants,compare,compress,decompress} ...
 
 vaezoo: train, compare and extend variational autoencoders on PyTorch Lightning.
 
@@ -26,6 +26,11 @@ subcommands:
   variants   List the registered variants, nets, datasets, likelihoods and loggers, plugins included.
   compare    Compare runs (the metrics.csv and config.yaml every run keeps): a table and a curves PNG.
                vaezoo compare runs/mnist_mlp/version_0 runs/mnist_beta/version_0
+  compress   Compress images with a trained model into one .vzc file: lossless by bits-back coding at
+             close to the model's -ELBO, or --lossy:
+               vaezoo compress --ckpt_path runs/mnist_mlp/version_0/checkpoints/last.ckpt --split test -o test.vzc
+  decompress Write a .vzc file's images back as PNGs, bit-exact for lossless files:
+               vaezoo decompress test.vzc -o test_images/
 
 options:
   -h, --help  Show this help message and exit.
@@ -70,6 +75,10 @@ def main(args: list[str] | None = None) -> None:
         from vaezoo.compare import main as compare
 
         sys.exit(compare(argv[1:]))
+    if argv[:1] in (["compress"], ["decompress"]):
+        from vaezoo.compression.command import main as compression
+
+        sys.exit(compression(argv))
     from vaezoo.cli import main as run  # the heavy part: torch, Lightning, every registered class
 
     run(args)  # None, as given: LightningCLI reads sys.argv itself

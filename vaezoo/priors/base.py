@@ -62,6 +62,17 @@ class Prior(nn.Module):
         ``analytic_kl``; the others' KL is estimated by sampling."""
         raise NotImplementedError
 
+    def as_mixture(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        """p(z) as a mixture of K diagonal Gaussians, or None where it is not one.
+
+        What compression codes the latent under (:mod:`vaezoo.compression`): a mixture's mass in each
+        of the latent's buckets has a closed form, dimension by dimension.
+
+        Returns:
+            ``(means, logvars, log_weights)``: ``(K, L)``, ``(K, L)`` and ``(K,)``, fp32.
+        """
+        return None
+
     def fixed(self) -> contextlib.AbstractContextManager[None]:
         """A context in which the prior's parameters do not change (evaluation under ``no_grad``): a prior that
         computes its density from other parts (the VampPrior, from the encoder) may compute that once."""

@@ -77,3 +77,6 @@ class MixturePrior(Prior):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return mixture_sample(n, self.means, self.logvars, torch.log_softmax(self.logits.float(), 0), generator)
+
+    def as_mixture(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.means.float(), self.logvars.float(), torch.log_softmax(self.logits.float(), 0)

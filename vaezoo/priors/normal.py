@@ -32,5 +32,9 @@ class NormalPrior(Prior):
             return torch.randn(n, self.latent_dim, generator=generator).to(device)
         return torch.randn(n, self.latent_dim, device=device)
 
+    def as_mixture(self) -> tuple[Tensor, Tensor, Tensor]:
+        zeros = torch.zeros(1, self.latent_dim, device=self._device_probe.device)
+        return zeros, zeros, torch.zeros(1, device=zeros.device)  # one component, N(0, I)
+
     def kl_per_dim(self, mean: Tensor, logvar: Tensor) -> Tensor:
         return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)

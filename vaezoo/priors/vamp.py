@@ -77,6 +77,10 @@ class VampPrior(Prior):
         means, logvars = self.components()
         return mixture_sample(n, means, logvars, self._uniform(means.device), generator)
 
+    def as_mixture(self) -> tuple[Tensor, Tensor, Tensor]:
+        means, logvars = self.components()
+        return means.float(), logvars.float(), self._uniform(means.device)
+
     def _uniform(self, device: torch.device) -> Tensor:
         """The mixture's log-weights ``(K,)``: log(1/K) each."""
         return torch.full((self.pseudo_inputs,), -math.log(self.pseudo_inputs), device=device)

@@ -1,0 +1,169 @@
+"""Compress and decompress image tensors with a trained model: what ``vaezoo compress`` runs.
+
+    from vaezoo.compression import compress, decompress
+    packed = compress(model, images)          # images (N, C, H, W) in [0, 1]; lossless (bits-back)
+    packed.report["bits_per_dim"]             # the measured rate
+    images_back = decompress(packed.data, model)
+    packed = compress(model, images, lossy=True, quality=2.0)
+
+Lossless mode needs binary images for a Bernoulli likelihood (pixels 0 or 1) and 8-bit images
+(pixels k / 255) for the logistic and dequantised Gaussian ones; anything else is refused, not rounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vaezoo.compression import container, lossy
+from vaezoo.compression.bitsback import CLEAN_SEED, BitsBack, Chunks, check_codable
+from vaezoo.compression.identity import class_path, machine, model_record, probe, weights_sha256
+from vaezoo.errors import VAEZooError
+from vaezoo.models.base import VAE
+
+
+@dataclass
+class Compressed:
+    """A compressed file's bytes and what was measured.
+
+    Attributes:
+        data: The ``.vzc`` file's bytes.
+        report: Images, dimensions and the rate: ``bits_per_dim`` (the coded words, clean bits included),
+            ``steady_bits_per_dim`` (without the clean bits), ``file_bits_per_dim`` (the whole file, header
+            included), ``bits_per_pixel`` (per image pixel, what image codecs report), and the seconds taken.
+    """
+
+    data: bytes
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare(model: VAE) -> VAE:
+    """The model as the codec runs it: on the CPU, in float32, in eval mode (moved in place)."""
+    return model.to("cpu", torch.float32).eval()
+
+
+def images_sha256(symbols: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(symbols, dtype="<i4").tobytes()).hexdigest()
+
+
+def to_symbols(images: Tensor, levels: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Images ``(N, C, H, W)`` (float in [0, 1], or uint8 0-255) as pixel symbols ``(N, D)`` int32.
+
+    Raises:
+        VAEZooError: for no images, another shape, or pixels that are not on the likelihood's levels.
+    """
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise VAEZooError(f"nothing to compress: expected images (N, C, H, W) with N >= 1, got shape {tuple(images.shape)}.")
+    if tuple(images.shape[1:]) != tuple(shape):
+        raise VAEZooError(f"the images are {tuple(images.shape[1:])} (C, H, W) but the model takes {tuple(shape)}: "
+                          "resize them or use a model trained at that size.")
+    x = images.float() / 255 if images.dtype == torch.uint8 else images.detach().float().cpu()
+    symbols = torch.round(x * (levels - 1))
+    if not (torch.allclose(symbols / (levels - 1), x, atol=1e-4) and symbols.min() >= 0 and symbols.max() <= levels - 1):
+        kind = "binary (every pixel 0 or 1; 0 or 255 as uint8)" if levels == 2 else "8-bit (pixels k / 255 in [0, 1], or uint8)"
+        raise VAEZooError(
+            f"the model's likelihood codes {kind} images, and these are not: lossless compression would change them. "
+            + ("Binarise them first (the way the model's data was), use a model with the logistic likelihood, "
+               if levels == 2 else "Give 8-bit images, ") + "or compress with --lossy."
+        )
+    return symbols.to(torch.int32).reshape(images.shape[0], -1).numpy()
+
+
+def compress(model: VAE, images: Tensor, *, lossy_mode: bool = False, quality: float = 1.0, latent_precision: int = 8,
+             chunk: int = 256, checkpoint: str | None = None, names: list[str] | None = None) -> Compressed:
+    """Compress images with a trained model.
+
+    Args:
+        model: The model (moved to the CPU, float32, eval mode).
+        images: ``(N, C, H, W)``, float in [0, 1] or uint8.
+        lossy_mode: Code the quantised posterior means (:mod:`vaezoo.compression.lossy`) instead of bits-back.
+        quality: Lossy only: the quantisation step is the posterior's standard deviation divided by this.
+        latent_precision: Lossless only: bits per latent dimension (``2**p`` equal-mass buckets of N(0, 1)).
+        chunk: Lossless only: images per network pass once the stack has grown (the first chunks are smaller).
+        checkpoint: The checkpoint's path, stored so that decompress finds the model by itself.
+        names: One file name per image, stored so that decompress writes the same names.
+    """
+    model = prepare(model)
+    started = time.perf_counter()
+    header: dict[str, Any] = {
+        "count": int(images.shape[0]) if images.ndim == 4 else 0, "shape": list(model.image_shape),
+        "model": model_record(model, checkpoint), "machine": machine(), "names": names,
+    }
+    dims = math.prod(model.image_shape)
+    if lossy_mode:
+        check_codable(model)
+        symbols = to_symbols(images, 256, model.image_shape)
+        x = torch.from_numpy(symbols).float().div(255).reshape(-1, *model.image_shape)
+        words, settings = lossy.encode(model, x, quality)
+        header.update(mode="lossy", lossy=settings)
+        clean_bits = 0
+    else:
+        codec = BitsBack(model, latent_precision)
+        symbols = to_symbols(images, codec.pixels.levels, model.image_shape)
+        words, chunks = codec.encode(symbols, chunk)
+        clean_bits = 32 * len(codec.clean_words())
+        header.update(mode="lossless", levels=codec.pixels.levels, latent_precision=latent_precision,
+                      chunks=chunks.runs, clean_seed=CLEAN_SEED, probe=probe(codec, chunks.sizes()),
+                      images_sha256=images_sha256(symbols))
+    data = container.pack(header, words)
+    count, bits = len(symbols), 32 * len(words)
+    pixels = count * model.image_shape[1] * model.image_shape[2]
+    report = {
+        "mode": header["mode"], "images": count, "dims_per_image": dims, "bits": bits, "clean_bits": clean_bits,
+        "file_bytes": len(data), "bits_per_dim": bits / (count * dims),
+        "steady_bits_per_dim": (bits - clean_bits) / (count * dims),
+        "file_bits_per_dim": 8 * len(data) / (count * dims), "bits_per_pixel": bits / pixels,
+        "seconds": time.perf_counter() - started,
+    }
+    return Compressed(data, report)
+
+
+def check_model(header: dict[str, Any], model: VAE, name: str = "the file") -> None:
+    """Refuse a model other than the file's (by its weights' SHA-256)."""
+    wanted = header["model"]
+    if weights_sha256(model) != wanted["weights_sha256"]:
+        where = f" (it was compressed with {wanted['checkpoint']})" if wanted.get("checkpoint") else ""
+        raise VAEZooError(
+            f"{name} was compressed with another model: a {wanted['class_path'].rsplit('.', 1)[-1]} whose weights hash "
+            f"to {wanted['weights_sha256'][:12]}...{where}, and this {class_path(model).rsplit('.', 1)[-1]}'s hash to "
+            f"{weights_sha256(model)[:12]}.... Decompress with the checkpoint that compressed it (--ckpt_path)."
+        )
+
+
+def decompress(data: bytes, model: VAE, name: str = "the file") -> tuple[Tensor, dict[str, Any]]:
+    """The images ``(N, C, H, W)`` in [0, 1] (float32) of a compressed file's bytes, and its header.
+
+    Every check runs before an image is returned: the file's checksum, the model's identity, this
+    machine's probe and (lossless) the decoded images' SHA-256.
+
+    Raises:
+        VAEZooError: naming the problem and the fix.
+    """
+    header, words = container.unpack(data, name)
+    model = prepare(model)
+    check_model(header, model, name)
+    count, shape = header["count"], tuple(header["shape"])
+    if header["mode"] == "lossy":
+        return lossy.decode(model, words, header["lossy"], count).reshape(count, *shape), header
+    codec = BitsBack(model, header["latent_precision"])
+    chunks = Chunks(header["chunks"])
+    if probe(codec, chunks.sizes()) != header["probe"]:
+        then, now = header["machine"], machine()
+        raise VAEZooError(
+            f"this machine computes the model differently from the one that compressed {name}, so bits-back decoding "
+            f"would not be exact (then: torch {then['torch']}, {then['platform']}, {then['threads']} threads; now: torch "
+            f"{now['torch']}, {now['platform']}, {now['threads']} threads). Nothing was decoded. Decompress on a machine "
+            "like the compressing one (same torch, CPU kind and thread count: torch.set_num_threads or OMP_NUM_THREADS)."
+        )
+    symbols = codec.decode(words, chunks)
+    if images_sha256(symbols) != header["images_sha256"]:
+        raise VAEZooError(f"the images decoded from {name} do not match its checksum: the model computed differently "
+                          "from when it compressed. No images were written.")
+    return codec.to_images(symbols), header
