@@ -124,8 +124,8 @@ def _split_images(ckpt: str, split: str, root: str | None) -> Any:
 
     saved = torch.load(ckpt, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters")
     if not saved or "_class_path" not in saved:
-        raise VAEZooError(f"{ckpt} does not record its DataModule (it was not trained with vaezoo fit): give image files "
-                          "or folders instead of --split.")
+        raise VAEZooError(f"{ckpt} does not record its DataModule's class (it was not trained with vaezoo fit): give "
+                          "image files or folders instead of --split.")
     kwargs = {k: v for k, v in saved.items() if not k.startswith("_")}
     if root is not None:
         kwargs["root"] = root

@@ -68,7 +68,7 @@ def decode(model: VAE, words: np.ndarray, settings: dict[str, Any], count: int) 
     if _sha(codes) != settings["codes_sha256"]:
         raise VAEZooError("the decoded codes do not match the file's checksum of them: the file is damaged or was "
                           "written by another vaezoo version. No images were written.")
-    z = torch.from_numpy(centre + codes * step)
+    z = torch.from_numpy(centre + codes.astype(np.float32) * step)  # float32, as the encoder's grid
     out = []
     with torch.inference_mode():
         for start in range(0, count, _BATCH):
