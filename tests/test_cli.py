@@ -245,7 +245,7 @@ def test_top_level_help_lists_exactly_the_subcommands_there_are() -> None:
 
     usage = HELP.splitlines()[0]
     listed = usage[usage.index("{") + 1 : usage.index("}")].split(",")
-    assert listed == [*LightningCLI.subcommands(), "variants", "compare"]
+    assert listed == [*LightningCLI.subcommands(), "variants", "compare", "compress", "decompress"]
     for name in listed:
         assert f"\n  {name} " in HELP  # each has its line of description
 

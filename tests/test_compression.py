@@ -321,3 +321,14 @@ def test_compress_reads_a_datamodule_split(tiny_mnist: tuple[Path, dict], tmp_pa
     datamodule.setup("test")
     expected = torch.cat([datamodule.on_after_batch_transfer(b, 0)[0] for b in datamodule.test_dataloader()])
     assert torch.equal(decompress(vzc.read_bytes(), VAE.load_from_checkpoint(ckpt, map_location="cpu"))[0], expected)
+
+
+@pytest.mark.parametrize(("sub", "option"), [("compress", "--latent_precision"), ("decompress", "--ckpt_path")])
+def test_the_vaezoo_command_routes_compress_and_decompress(sub: str, option: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from vaezoo.command import main as vaezoo
+
+    with pytest.raises(SystemExit) as exited:
+        vaezoo([sub, "--help"])
+    assert exited.value.code == 0
+    shown = capsys.readouterr().out
+    assert f"usage: vaezoo {sub}" in shown and option in shown
