@@ -127,6 +127,8 @@ def test_lossy_decodes_the_dequantised_posterior_mean() -> None:
     model, x = small(DiscretizedLogistic(), shape=(3, 8, 8)), eight_bit(40)
     packed = compress(model, x, lossy_mode=True, quality=2.0)
     back, header = decompress(packed.data, model)
+    psnr = (10 * torch.log10(1 / ((back - x) ** 2).flatten(1).mean(1))).mean().item()
+    assert packed.report["psnr_db"] == pytest.approx(psnr, abs=1e-4)
     s = header["lossy"]
     with torch.no_grad():  # the same reconstruction, computed here from the posterior means and the stored grid
         q = model.latent.posterior(model.net.encoder(x))
@@ -186,6 +188,22 @@ def test_a_model_computing_differently_is_detected(packed_file: tuple[VAE, bytes
     finally:
         del decoder.forward
     assert torch.equal(decompress(data, model)[0], packed_file[2])
+
+
+def test_the_coding_thread_count_is_recorded_and_used_whatever_the_callers() -> None:
+    model, x = small(), binary(20)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        packed = compress(model, x, coding_threads=1)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        back, header = decompress(packed.data, model)
+        assert header["threads"] == 1 and torch.equal(back, x) and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(VAEZooError, match="threads must be >= 1"):
+        compress(model, x, coding_threads=0)
 
 
 def test_models_without_one_gaussian_layer_are_refused() -> None:

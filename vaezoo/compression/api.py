@@ -12,9 +12,11 @@ Lossless mode needs binary images for a Bernoulli likelihood (pixels 0 or 1) and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +39,8 @@ class Compressed:
         data: The ``.vzc`` file's bytes.
         report: Images, dimensions and the rate: ``bits_per_dim`` (the coded words, clean bits included),
             ``steady_bits_per_dim`` (without the clean bits), ``file_bits_per_dim`` (the whole file, header
-            included), ``bits_per_pixel`` (per image pixel, what image codecs report), and the seconds taken.
+            included), ``bits_per_pixel`` (per image pixel, what image codecs report), and the seconds taken;
+            lossy files also ``psnr_db`` (the mean over images, on [0, 1] pixels) and ``mse``, of the decoded file.
     """
 
     data: bytes
@@ -76,8 +79,24 @@ def to_symbols(images: Tensor, levels: int, shape: tuple[int, ...]) -> np.ndarra
     return symbols.to(torch.int32).reshape(images.shape[0], -1).numpy()
 
 
+@contextlib.contextmanager
+def threads(count: int) -> Iterator[None]:
+    """Run torch on ``count`` CPU threads inside the context. The networks' last bits can depend on the thread
+    count (measured: an MLP's matrix products differ between 1 and 2 threads), so lossless files record the
+    count they were coded at and are decoded at the same count, on any machine."""
+    if count < 1:
+        raise VAEZooError(f"threads must be >= 1, got {count}.")
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def compress(model: VAE, images: Tensor, *, lossy_mode: bool = False, quality: float = 1.0, latent_precision: int = 8,
-             chunk: int = 256, checkpoint: str | None = None, names: list[str] | None = None) -> Compressed:
+             chunk: int = 256, coding_threads: int = 1, checkpoint: str | None = None,
+             names: list[str] | None = None) -> Compressed:
     """Compress images with a trained model.
 
     Args:
@@ -87,6 +106,8 @@ def compress(model: VAE, images: Tensor, *, lossy_mode: bool = False, quality: f
         quality: Lossy only: the quantisation step is the posterior's standard deviation divided by this.
         latent_precision: Lossless only: bits per latent dimension (``2**p`` equal-mass buckets of N(0, 1)).
         chunk: Lossless only: images per network pass once the stack has grown (the first chunks are smaller).
+        coding_threads: Lossless only: CPU threads the networks run on, recorded in the file and used again to
+            decompress (see :func:`threads`). 1, the default, decodes on any machine of the same CPU kind.
         checkpoint: The checkpoint's path, stored so that decompress finds the model by itself.
         names: One file name per image, stored so that decompress writes the same names.
     """
@@ -104,13 +125,19 @@ def compress(model: VAE, images: Tensor, *, lossy_mode: bool = False, quality: f
         words, settings = lossy.encode(model, x, quality)
         header.update(mode="lossy", lossy=settings)
         clean_bits = 0
+        # The distortion, from the file's own decoding: mean PSNR over images, in dB on [0, 1] pixels.
+        back = lossy.decode(model, words, settings, len(x)).reshape(x.shape)
+        mse = ((back - x) ** 2).flatten(1).mean(1).clamp(min=1e-10)
+        distortion = {"psnr_db": (10 * torch.log10(1 / mse)).mean().item(), "mse": mse.mean().item()}
     else:
         codec = BitsBack(model, latent_precision)
         symbols = to_symbols(images, codec.pixels.levels, model.image_shape)
-        words, chunks = codec.encode(symbols, chunk)
+        with threads(coding_threads):
+            words, chunks = codec.encode(symbols, chunk)
+            fingerprint = probe(codec, chunks.sizes())
         clean_bits = 32 * len(codec.clean_words())
         header.update(mode="lossless", levels=codec.pixels.levels, latent_precision=latent_precision,
-                      chunks=chunks.runs, clean_seed=CLEAN_SEED, probe=probe(codec, chunks.sizes()),
+                      chunks=chunks.runs, clean_seed=CLEAN_SEED, threads=coding_threads, probe=fingerprint,
                       images_sha256=images_sha256(symbols))
     data = container.pack(header, words)
     count, bits = len(symbols), 32 * len(words)
@@ -122,6 +149,8 @@ def compress(model: VAE, images: Tensor, *, lossy_mode: bool = False, quality: f
         "file_bits_per_dim": 8 * len(data) / (count * dims), "bits_per_pixel": bits / pixels,
         "seconds": time.perf_counter() - started,
     }
+    if lossy_mode:
+        report.update(distortion)
     return Compressed(data, report)
 
 
@@ -154,15 +183,17 @@ def decompress(data: bytes, model: VAE, name: str = "the file") -> tuple[Tensor,
         return lossy.decode(model, words, header["lossy"], count).reshape(count, *shape), header
     codec = BitsBack(model, header["latent_precision"])
     chunks = Chunks(header["chunks"])
-    if probe(codec, chunks.sizes()) != header["probe"]:
-        then, now = header["machine"], machine()
-        raise VAEZooError(
-            f"this machine computes the model differently from the one that compressed {name}, so bits-back decoding "
-            f"would not be exact (then: torch {then['torch']}, {then['platform']}, {then['threads']} threads; now: torch "
-            f"{now['torch']}, {now['platform']}, {now['threads']} threads). Nothing was decoded. Decompress on a machine "
-            "like the compressing one (same torch, CPU kind and thread count: torch.set_num_threads or OMP_NUM_THREADS)."
-        )
-    symbols = codec.decode(words, chunks)
+    with threads(header["threads"]):  # the networks run as they ran when compressing
+        if probe(codec, chunks.sizes()) != header["probe"]:
+            then, now = header["machine"], machine()
+            raise VAEZooError(
+                f"this machine computes the model differently from the one that compressed {name}, so bits-back "
+                f"decoding would not be exact (then: torch {then['torch']} on {then['platform']}, {then['processor']}; "
+                f"now: torch {now['torch']} on {now['platform']}, {now['processor']}; both at {header['threads']} "
+                "coding thread(s)). Nothing was decoded. Decompress on a machine like the compressing one: the same "
+                "torch version and CPU kind."
+            )
+        symbols = codec.decode(words, chunks)
     if images_sha256(symbols) != header["images_sha256"]:
         raise VAEZooError(f"the images decoded from {name} do not match its checksum: the model computed differently "
                           "from when it compressed. No images were written.")

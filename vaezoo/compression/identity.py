@@ -5,8 +5,9 @@ Three checks guard that, each before any image is written:
 
 - the weights' SHA-256 (and class path): the file names the model it needs;
 - :func:`probe`: a hash of the tables the coder sees for fixed inputs through the encoder, decoder
-  and prior, on every chunk size the file uses. Another CPU, BLAS, thread count or a GPU can change
-  the networks' last bits; this catches it before decoding, naming both machines;
+  and prior, on every chunk size the file uses. Another CPU kind, BLAS or torch version can change
+  the networks' last bits; this catches it before decoding, naming both machines. (The thread count
+  can too; files record theirs, and decompression uses it: :func:`vaezoo.compression.api.threads`.);
 - the decoded images' SHA-256 (in :mod:`vaezoo.compression.api`).
 """
 
@@ -50,9 +51,8 @@ def model_record(model: VAE, checkpoint: str | None) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    """What can change a network's last bits: torch's version, the CPU, the thread count."""
-    return {"torch": torch.__version__, "platform": platform.platform(), "processor": platform.machine(),
-            "threads": torch.get_num_threads()}
+    """What can change a network's last bits besides the thread count (which files record): torch's version and the CPU."""
+    return {"torch": torch.__version__, "platform": platform.platform(), "processor": platform.machine()}
 
 
 def probe(codec: Any, sizes: list[int]) -> str:
