@@ -230,6 +230,15 @@ def test_bad_images_are_refused(images: torch.Tensor, message: str) -> None:
         compress(small(), images)
 
 
+@pytest.mark.parametrize(("option", "message"), [
+    ({"chunk": 0}, "chunk must be >= 1"), ({"latent_precision": 1}, "latent_precision must be between 2 and 16"),
+    ({"lossy_mode": True, "quality": 0.0}, "quality must be > 0"),
+])
+def test_bad_settings_are_refused(option: dict, message: str) -> None:
+    with pytest.raises(VAEZooError, match=message):
+        compress(small(), binary(3), **option)
+
+
 def test_non_8_bit_images_are_refused_by_a_logistic_model() -> None:
     x = eight_bit(3) + 0.001
     with pytest.raises(VAEZooError, match="8-bit"):

@@ -142,6 +142,8 @@ class BitsBack:
         Returns:
             The compressed words (uint32) and the chunk sizes the decoder needs.
         """
+        if chunk < 1:
+            raise VAEZooError(f"chunk must be >= 1 image per network pass, got {chunk}; the default is 256.")
         coder = Coder(self.clean_words())
         sizes: list[int] = []
         start = 0
