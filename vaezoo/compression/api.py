@@ -95,7 +95,7 @@ def threads(count: int) -> Iterator[None]:
 
 
 def compress(model: VAE, images: Tensor, *, lossy_mode: bool = False, quality: float = 1.0, latent_precision: int = 8,
-             chunk: int = 256, coding_threads: int = 1, checkpoint: str | None = None,
+             latent_scale: float = 2.0, chunk: int = 256, coding_threads: int = 1, checkpoint: str | None = None,
              names: list[str] | None = None) -> Compressed:
     """Compress images with a trained model.
 
@@ -104,7 +104,8 @@ def compress(model: VAE, images: Tensor, *, lossy_mode: bool = False, quality: f
         images: ``(N, C, H, W)``, float in [0, 1] or uint8.
         lossy_mode: Code the quantised posterior means (:mod:`vaezoo.compression.lossy`) instead of bits-back.
         quality: Lossy only: the quantisation step is the posterior's standard deviation divided by this.
-        latent_precision: Lossless only: bits per latent dimension (``2**p`` equal-mass buckets of N(0, 1)).
+        latent_precision: Lossless only: bits per latent dimension (``2**p`` buckets).
+        latent_scale: Lossless only: the buckets have equal mass under N(0, latent_scale^2); 1 is the paper's grid.
         chunk: Lossless only: images per network pass once the stack has grown (the first chunks are smaller).
         coding_threads: Lossless only: CPU threads the networks run on, recorded in the file and used again to
             decompress (see :func:`threads`). 1, the default, decodes on any machine of the same CPU kind.
@@ -130,13 +131,13 @@ def compress(model: VAE, images: Tensor, *, lossy_mode: bool = False, quality: f
         mse = ((back - x) ** 2).flatten(1).mean(1).clamp(min=1e-10)
         distortion = {"psnr_db": (10 * torch.log10(1 / mse)).mean().item(), "mse": mse.mean().item()}
     else:
-        codec = BitsBack(model, latent_precision)
+        codec = BitsBack(model, latent_precision, latent_scale)
         symbols = to_symbols(images, codec.pixels.levels, model.image_shape)
         with threads(coding_threads):
             words, chunks = codec.encode(symbols, chunk)
             fingerprint = probe(codec, chunks.sizes())
         clean_bits = 32 * len(codec.clean_words())
-        header.update(mode="lossless", levels=codec.pixels.levels, latent_precision=latent_precision,
+        header.update(mode="lossless", levels=codec.pixels.levels, latent_precision=latent_precision, latent_scale=latent_scale,
                       chunks=chunks.runs, clean_seed=CLEAN_SEED, threads=coding_threads, probe=fingerprint,
                       images_sha256=images_sha256(symbols))
     data = container.pack(header, words)
@@ -181,7 +182,7 @@ def decompress(data: bytes, model: VAE, name: str = "the file") -> tuple[Tensor,
     count, shape = header["count"], tuple(header["shape"])
     if header["mode"] == "lossy":
         return lossy.decode(model, words, header["lossy"], count).reshape(count, *shape), header
-    codec = BitsBack(model, header["latent_precision"])
+    codec = BitsBack(model, header["latent_precision"], header["latent_scale"])
     chunks = Chunks(header["chunks"])
     with threads(header["threads"]):  # the networks run as they ran when compressing
         if probe(codec, chunks.sizes()) != header["probe"]:

@@ -94,12 +94,13 @@ class BitsBack:
     Args:
         model: The trained model (put in eval mode, on the CPU, in float32).
         latent_precision: Bits per latent dimension (``2**latent_precision`` buckets).
+        latent_scale: The buckets have equal mass under N(0, latent_scale^2) (:mod:`vaezoo.compression.latent`).
     """
 
-    def __init__(self, model: VAE, latent_precision: int = 12) -> None:
+    def __init__(self, model: VAE, latent_precision: int = 8, latent_scale: float = 2.0) -> None:
         check_codable(model)
         self.model = model
-        self.buckets = Buckets(latent_precision)
+        self.buckets = Buckets(latent_precision, latent_scale)
         self.pixels: PixelCoder = pixel_coder(model.likelihood)
         with torch.inference_mode():
             self.prior = PriorCoder(model.latent.prior, self.buckets)
