@@ -26,9 +26,12 @@ Setup (parsing, reading MNIST, building the model) is outside every timing. Each
 ``torch.manual_seed`` (the vaezoo config's own ``seed_everything: 0``). All three get one untimed
 warm-up epoch of a few batches first (first-iteration allocation, oneDNN kernel creation).
 
+- ``pythae`` (with ``--pythae-python``, for ``benchmarks/mlp512.yaml``, pythae's own default MLP): pythae's
+  ``TrainingPipeline`` in a Python that has pythae (benchmarks/pythae_epoch.py), one epoch timed by
+  its own epoch callbacks, in the same rounds.
+
 Printed: per config, the median (and min) wall time of an epoch, the median process CPU time, and
-the ratios vaezoo/bare and plain/bare of the wall medians. The vaezoo issue's target is
-vaezoo/bare <= 1.15.
+each loop's ratio to the bare loop of the same round: its median and range over the rounds.
 
 Threads: ``--threads 1`` by default. On a small shared machine a 2-thread OpenMP region waits for
 its slowest thread at every op, so one busy core can stretch a step 5-20 times; one thread keeps
@@ -288,8 +291,31 @@ def quiet_named_warnings() -> Iterator[None]:
         yield
 
 
+def run_pythae(python: str, data_dir: Path, recipe: Recipe, n_batches: int) -> tuple[float, float]:
+    """pythae's own epoch (benchmarks/pythae_epoch.py) in a Python that has pythae, at this process's thread count."""
+    import subprocess
+
+    done = subprocess.run(
+        [python, str(REPO / "benchmarks" / "pythae_epoch.py"), "--data-dir", str(data_dir), "--images",
+         str(n_batches * recipe.batch_size), "--batch-size", str(recipe.batch_size), "--latent-dim", str(recipe.latent_dim),
+         "--threads", str(torch.get_num_threads())],
+        capture_output=True, text=True, check=False,
+    )
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("EPOCH ")), None)
+    if done.returncode != 0 or line is None:
+        raise SystemExit(f"pythae run failed:\n{done.stderr[-2000:]}")
+    wall, cpu = map(float, line.split()[1:])
+    return wall, cpu
+
+
+def is_peers_mlp(recipe: Recipe) -> bool:
+    """Whether the recipe is pythae's default MLP (784-512-z, ReLU), the only net pythae's side is run with."""
+    return recipe.net_args.get("hidden_dims") == [512] and recipe.net_args.get("activation") == "relu"
+
+
 def bench(
-    recipe: Recipe, root: Path, subset: int | None, repeats: int, workdir: Path
+    recipe: Recipe, root: Path, subset: int | None, repeats: int, workdir: Path, pythae: str | None = None,
+    data_dir: Path = DEFAULT_DATA,
 ) -> dict[str, list[tuple[float, float]]]:
     images, train_indices = _train_split(recipe, root)
     n_images = len(images) if subset is None else min(subset, len(images))
@@ -302,10 +328,13 @@ def bench(
         "vaezoo": lambda n: run_vaezoo(recipe, root, n, workdir),
         "plain": lambda n: run_plain(recipe, root, indices, n, workdir),
     }
+    if pythae and is_peers_mlp(recipe):
+        runners["pythae"] = lambda n: run_pythae(pythae, data_dir, recipe, n)
     print(f"\n== {recipe.name}: {n_batches} batches of {recipe.batch_size} ({n_batches * recipe.batch_size} "
           f"images), {repeats} repeats, {torch.get_num_threads()} thread(s) ==", flush=True)
-    for name, run in runners.items():  # warm-up, untimed
-        run(min(WARMUP_BATCHES, n_batches))
+    for name, run in runners.items():  # warm-up, untimed (pythae warms up inside its own run)
+        if name != "pythae":
+            run(min(WARMUP_BATCHES, n_batches))
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
     for r in range(repeats):
         for name, run in runners.items():
@@ -316,15 +345,17 @@ def bench(
 
 
 def report(name: str, times: dict[str, list[tuple[float, float]]]) -> str:
+    """Per loop: wall medians, and the ratio to the bare loop of the same round, its median and range over rounds."""
     med = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
     lines = [
         f"{name}",
-        f"  {'loop':<8} {'wall median s':>13} {'wall min s':>10} {'cpu median s':>12} {'x bare (median)':>15}",
+        f"  {'loop':<8} {'wall median s':>13} {'wall min s':>10} {'cpu median s':>12} {'x bare: median (range over rounds)':>36}",
     ]
     for k, v in times.items():
+        ratios = [w / b for (w, _), (b, _) in zip(v, times["bare"], strict=True)]
         lines.append(
             f"  {k:<8} {med[k]:>13.2f} {min(w for w, _ in v):>10.2f} {statistics.median(c for _, c in v):>12.2f} "
-            f"{med[k] / med['bare']:>15.2f}"
+            f"{statistics.median(ratios):>19.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
         )
     return "\n".join(lines)
 
@@ -336,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subset", type=int, default=None, help="images per epoch (default: the whole 55k split)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 0 keeps torch's default")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="folder holding MNIST/raw/*.gz")
+    parser.add_argument("--pythae-python", help="a Python with pythae installed: adds pythae's TrainingPipeline to "
+                        "every round of the configs that use its default MLP (benchmarks/mlp512.yaml)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
@@ -347,10 +380,11 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         root = mnist_root(args.data_dir, workdir)
         for recipe in recipes:
-            results[recipe.name] = bench(recipe, root, args.subset, args.repeats, workdir)
+            results[recipe.name] = bench(recipe, root, args.subset, args.repeats, workdir, args.pythae_python,
+                                         args.data_dir)
     print("\n" + "=" * 72)
     print(f"One training epoch, medians of {args.repeats} alternated runs, {torch.get_num_threads()} thread(s); "
-          "target: vaezoo <= 1.15x bare")
+          "target (issue 15): vaezoo <= 1.10x bare")
     for name, times in results.items():
         print(report(name, times))
     return 0

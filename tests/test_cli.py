@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
+import lightning as L
 import pytest
 import yaml
 
@@ -257,3 +259,24 @@ def test_the_parser_reads_init_parameters_without_the_model_stack() -> None:
     assert done.returncode == 0, done.stderr
     loaded = done.stdout.split("LOADED", 1)[1]
     assert "vaezoo.models" not in loaded and "vaezoo.nets" not in loaded, loaded
+
+
+class RecordCallbacks(L.Callback):
+    """Records the types of the Trainer's callbacks when fitting or predicting starts."""
+
+    seen: ClassVar[list[str]] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        RecordCallbacks.seen = [type(cb).__name__ for cb in trainer.callbacks]
+
+
+@pytest.mark.parametrize(("extra", "fid"), [([], False), (["--fid.num_samples", "8"], True)])
+def test_idle_callbacks_are_not_attached(roots, capsys, extra: list[str], fid: bool) -> None:
+    """FID with no samples and the prediction writer outside predict would only cost Lightning's dispatch per hook."""
+    code, _, err = run_cli(
+        "fit", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), "--data.root", str(roots["mnist"]), *SMALL,
+        "--trainer.fast_dev_run", "true", "--trainer.callbacks+=tests.test_cli.RecordCallbacks", *extra, capsys=capsys,
+    )
+    assert code == 0, err
+    assert ("FID" in RecordCallbacks.seen) is fid
+    assert "PredictionWriter" not in RecordCallbacks.seen and "ImageLogger" in RecordCallbacks.seen

@@ -23,7 +23,7 @@ from jsonargparse import Namespace
 from lightning import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
@@ -255,6 +255,13 @@ class VAEZooCLI(LightningCLI):
         if runs.is_main_process():  # a W&B run keeps a local CSV record too, which `vaezoo compare` reads
             tracking.add_csv_record(self.trainer)
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The Trainer, without the callbacks this subcommand would leave idle: FID with ``--fid.num_samples 0`` (the
+        default) and the prediction writer outside ``predict``. Attached, each still costs Lightning's dispatch on
+        every hook of every step (docs/performance.md, "What each callback costs")."""
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks = [cb for cb in trainer.callbacks if not _idle(cb, self.subcommand)]
+        return trainer
 
     def _before_subcommand(self) -> None:
         if self.trainer.is_global_zero:  # rank 0 writes the run's files
@@ -334,6 +341,15 @@ class SaveConfigAndTrack(SaveConfigCallback):
             config = yaml.safe_load(self.parser.dump(self.config, skip_unset=False))
             for logger in wandb_loggers:
                 tracking.setup_wandb_run(logger, config)
+
+
+def _idle(callback: Callback, subcommand: str | None) -> bool:
+    """Whether ``callback`` would do nothing in this subcommand (see ``VAEZooCLI.instantiate_trainer``)."""
+    if isinstance(callback, FID):
+        return callback.num_samples == 0
+    if isinstance(callback, PredictionWriter):
+        return subcommand != "predict"
+    return False
 
 
 def _model_changes(asked: Namespace, used: Namespace) -> list[str]:
