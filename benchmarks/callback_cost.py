@@ -37,13 +37,16 @@ def one_round(config: str, root: Path, subset: int, workdir: Path) -> tuple[dict
     args = ["fit", "--config", config, "--data.root", str(root), "--trainer.max_epochs", "1",
             "--trainer.limit_val_batches", "0", "--trainer.limit_train_batches", str(batches),
             "--trainer.enable_model_summary", "false", "--trainer.logger.init_args.save_dir", str(workdir / "runs"),
-            "--trainer.profiler", "simple", "--trainer.profiler.dirpath", str(out),
-            "--trainer.profiler.filename", "perf"]
+            "--trainer.profiler", "lightning.pytorch.profilers.SimpleProfiler",
+            "--trainer.profiler.dirpath", str(out), "--trainer.profiler.filename", "perf"]
+    argv, sys.argv = sys.argv, ["vaezoo"]  # the arguments come from the call, as from Python
     try:
         vaezoo(args)
     except SystemExit as exit_:
         if exit_.code:
             raise
+    finally:
+        sys.argv = argv
     text = (out / "fit-perf.txt").read_text()
     per_callback: dict[str, float] = defaultdict(float)
     step_total, steps = 0.0, 0
