@@ -138,14 +138,14 @@ class EpochTimer(L.Callback):
     to a class attribute.
     """
 
-    results: ClassVar[list[tuple[float, float, int]]] = []  # (wall s, cpu s, batches)
+    results: ClassVar[list[tuple[float, float, int]]] = []  # (wall s, cpu s, optimiser steps)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        self._wall, self._cpu, self._step = time.perf_counter(), time.process_time(), trainer.global_step
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         wall, cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
-        EpochTimer.results.append((wall, cpu, trainer.fit_loop.epoch_loop.batch_progress.current.completed))
+        EpochTimer.results.append((wall, cpu, trainer.global_step - self._step))
 
 
 def _take_result(expected_batches: int) -> tuple[float, float]:
@@ -153,7 +153,7 @@ def _take_result(expected_batches: int) -> tuple[float, float]:
         raise RuntimeError(f"expected one timed epoch, got {len(EpochTimer.results)}")
     wall, cpu, batches = EpochTimer.results.pop()
     if batches != expected_batches:
-        raise RuntimeError(f"the epoch ran {batches} batches, expected {expected_batches}")
+        raise RuntimeError(f"the epoch made {batches} optimiser steps, expected {expected_batches}")
     return wall, cpu
 
 
@@ -189,15 +189,23 @@ def vaezoo_fit(args: list[str]) -> None:
         sys.argv = argv
 
 
-def run_vaezoo(recipe: Recipe, root: Path, n_batches: int, workdir: Path) -> tuple[float, float]:
-    """One epoch through ``vaezoo fit --config configs/<name>.yaml``."""
+def run_vaezoo(recipe: Recipe, root: Path, n_batches: int, workdir: Path, k: int = 1,
+               total_batches: int = 0) -> tuple[float, float]:
+    """One epoch through ``vaezoo fit --config configs/<name>.yaml`` (``--model.steps_per_call k``)."""
     run_dir = Path(tempfile.mkdtemp(dir=workdir))
+    if k == 1:
+        limit = ["--trainer.limit_train_batches", str(n_batches)]
+    else:  # batch counts are refused with k > 1 (they would count groups): the same batches as a fraction
+        if n_batches % k:
+            raise SystemExit(f"--steps-per-call {k} must divide the {n_batches} batches of the epoch: change --subset.")
+        groups = -(-total_batches // k)
+        limit = ["--trainer.limit_train_batches", repr((n_batches // k + 0.5) / groups), "--model.steps_per_call", str(k)]
     vaezoo_fit([
         "--config", str(recipe.path),
         "--data.root", str(root),
         "--trainer.max_epochs", "1",
         "--trainer.limit_val_batches", "0",
-        "--trainer.limit_train_batches", str(n_batches),
+        *limit,
         "--trainer.enable_model_summary", "false",
         "--trainer.default_root_dir", str(run_dir),
         "--trainer.logger.init_args.save_dir", str(run_dir),
@@ -315,7 +323,7 @@ def is_peers_mlp(recipe: Recipe) -> bool:
 
 def bench(
     recipe: Recipe, root: Path, subset: int | None, repeats: int, workdir: Path, pythae: str | None = None,
-    data_dir: Path = DEFAULT_DATA,
+    data_dir: Path = DEFAULT_DATA, steps_per_call: int = 0,
 ) -> dict[str, list[tuple[float, float]]]:
     images, train_indices = _train_split(recipe, root)
     n_images = len(images) if subset is None else min(subset, len(images))
@@ -328,6 +336,9 @@ def bench(
         "vaezoo": lambda n: run_vaezoo(recipe, root, n, workdir),
         "plain": lambda n: run_plain(recipe, root, indices, n, workdir),
     }
+    if steps_per_call > 1:
+        total = len(images) // recipe.batch_size
+        runners[f"vaezoo k={steps_per_call}"] = lambda n: run_vaezoo(recipe, root, n, workdir, steps_per_call, total)
     if pythae and is_peers_mlp(recipe):
         runners["pythae"] = lambda n: run_pythae(pythae, data_dir, recipe, n)
     print(f"\n== {recipe.name}: {n_batches} batches of {recipe.batch_size} ({n_batches * recipe.batch_size} "
@@ -349,12 +360,12 @@ def report(name: str, times: dict[str, list[tuple[float, float]]]) -> str:
     med = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
     lines = [
         f"{name}",
-        f"  {'loop':<8} {'wall median s':>13} {'wall min s':>10} {'cpu median s':>12} {'x bare: median (range over rounds)':>36}",
+        f"  {'loop':<11} {'wall median s':>13} {'wall min s':>10} {'cpu median s':>12} {'x bare: median (range over rounds)':>36}",
     ]
     for k, v in times.items():
         ratios = [w / b for (w, _), (b, _) in zip(v, times["bare"], strict=True)]
         lines.append(
-            f"  {k:<8} {med[k]:>13.2f} {min(w for w, _ in v):>10.2f} {statistics.median(c for _, c in v):>12.2f} "
+            f"  {k:<11} {med[k]:>13.2f} {min(w for w, _ in v):>10.2f} {statistics.median(c for _, c in v):>12.2f} "
             f"{statistics.median(ratios):>19.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
         )
     return "\n".join(lines)
@@ -367,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subset", type=int, default=None, help="images per epoch (default: the whole 55k split)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 0 keeps torch's default")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="folder holding MNIST/raw/*.gz")
+    parser.add_argument("--steps-per-call", type=int, default=0, help="adds vaezoo with --model.steps_per_call K "
+                        "to every round (K must divide the epoch's batches and the recipe's step intervals)")
     parser.add_argument("--pythae-python", help="a Python with pythae installed: adds pythae's TrainingPipeline to "
                         "every round of the configs that use its default MLP (benchmarks/mlp512.yaml)")
     args = parser.parse_args(argv)
@@ -381,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         root = mnist_root(args.data_dir, workdir)
         for recipe in recipes:
             results[recipe.name] = bench(recipe, root, args.subset, args.repeats, workdir, args.pythae_python,
-                                         args.data_dir)
+                                         args.data_dir, args.steps_per_call)
     print("\n" + "=" * 72)
     print(f"One training epoch, medians of {args.repeats} alternated runs, {torch.get_num_threads()} thread(s); "
           "target (issue 15): vaezoo <= 1.10x bare")

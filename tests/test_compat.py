@@ -94,3 +94,17 @@ def test_lazy_instance_parts_are_readable() -> None:
 
     assert compat.lazy_instance_parts(lazy_instance(Gaussian, sigma=0.3)) == (Gaussian, {"sigma": 0.3}), UPDATE
     assert compat.lazy_instance_parts(Gaussian(sigma=0.3)) is None
+
+
+def test_the_logging_step_is_the_epoch_loops_batch_count() -> None:
+    """compat 6: steps_per_call > 1 reads and advances the count Lightning logs at (tests/test_steps_per_call.py
+    checks the logged rows end to end)."""
+    import lightning as L
+
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    assert compat.logging_step(trainer) == 0, f"{UPDATE}: fit_loop.epoch_loop._batches_that_stepped"
+    compat.count_batches(trainer, 3)
+    assert compat.logging_step(trainer) == 3
+    assert trainer.fit_loop.epoch_loop.on_save_checkpoint()["_batches_that_stepped"] == 3, f"{UPDATE}: its checkpoint key"
+    assert compat.every_n_train_steps(ModelCheckpoint(every_n_train_steps=7)) == 7, f"{UPDATE}: _every_n_train_steps"
+    assert compat.every_n_train_steps(ModelCheckpoint()) == 0

@@ -17,6 +17,10 @@ installed versions and fails when one changes underneath, naming this module.
 5. Not a private name but an unpublished contract: :class:`vaezoo.data.loader.TensorBatchLoader` is not a
    torch DataLoader, and Lightning's shuffle check reads ``batch_sampler`` on anything that has a ``sampler``,
    so the loader declares ``batch_sampler = None``. Every test that fits through it fails if that changes.
+6. The logging step under ``steps_per_call > 1``. Lightning writes logged values at the step
+   ``fit_loop.epoch_loop._batches_that_stepped`` (private), which counts training steps, not optimiser
+   steps; with several per training step, every row would land at another step than with one.
+   :func:`logging_step` reads it and :func:`count_batches` advances it; neither has a public equivalent.
 """
 
 from __future__ import annotations
@@ -100,3 +104,22 @@ def lazy_instance_parts(value: object) -> tuple[type, dict[str, Any]] | None:
     if not hasattr(value, "_lazy_class_type"):
         return None
     return value._lazy_class_type, dict(value._lazy_kwargs)  # type: ignore[attr-defined]
+
+
+# ----- 6. the logging step ----------------------------------------------------------------------------
+
+
+def logging_step(trainer: Trainer) -> int:
+    """The step Lightning writes logged values at: the training batches done (skipped ones too), over epochs."""
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
+def count_batches(trainer: Trainer, extra: int) -> None:
+    """Count ``extra`` more training batches for logging: a training step that took ``1 + extra`` batches, after
+    which Lightning adds its one, leaves the logging step where one batch per training step leaves it."""
+    trainer.fit_loop.epoch_loop._batches_that_stepped += extra
+
+
+def every_n_train_steps(callback: Any) -> int:
+    """A ModelCheckpoint's ``every_n_train_steps`` (0: none), which it keeps in a private attribute only."""
+    return int(getattr(callback, "_every_n_train_steps", 0) or 0)

@@ -59,6 +59,8 @@ class ImageDataModule(lightning.LightningDataModule):
     image_shape: tuple[int, int, int]  # (C, H, W)
     num_classes: int
     name: str
+    # Training batches per training step: set by a model with steps_per_call > 1 (VAE.setup), never a setting.
+    steps_per_call: int = 1
 
     def __init__(
         self,
@@ -197,7 +199,8 @@ class ImageDataModule(lightning.LightningDataModule):
         if not training and self.hparams.eval_batch_size is not None:
             batch_size = self.hparams.eval_batch_size
         sampler = EpochBatchSampler(
-            len(images), batch_size, shuffle=training, drop_last=training, seed=self.hparams.seed
+            len(images), batch_size, shuffle=training, drop_last=training, seed=self.hparams.seed,
+            group=self.steps_per_call if training else 1,
         )
         loader = TensorBatchLoader(images, labels, sampler)
         if training and len(loader) == 0:

@@ -36,6 +36,9 @@ class EpochBatchSampler:
         seed: Base seed of the per-epoch permutation (epoch ``e`` uses ``seed + e``).
         rank: This process's rank. None reads ``torch.distributed`` when iterating (0 without it).
         world_size: Number of processes. None reads ``torch.distributed`` (1 without it).
+        group: Batches handed over as one (their indices concatenated, in order): what a model with
+            ``steps_per_call = group`` takes per training step. The last group may hold fewer; the
+            batches inside are exactly those of ``group = 1``. Positions (``state_dict``) count groups.
     """
 
     def __init__(
@@ -47,7 +50,10 @@ class EpochBatchSampler:
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        group: int = 1,
     ) -> None:
+        if group < 1:
+            raise VAEZooError(f"group must be >= 1 batches, got {group}.")
         if num_samples < 0:
             raise VAEZooError(f"num_samples must be >= 0, got {num_samples}.")
         if batch_size <= 0:
@@ -59,6 +65,7 @@ class EpochBatchSampler:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.group = group
         self.epoch = 0
         # Batches of this epoch already handed out; a restored value is skipped by the next
         # __iter__ so that a mid-epoch resume continues where the checkpoint was taken.
@@ -101,7 +108,7 @@ class EpochBatchSampler:
         # A generator: the permutation is drawn at the first next(), after Lightning's set_epoch.
         indices = self._rank_indices()
         # split() of an empty tensor gives one empty batch, not none.
-        batches = indices.split(self.batch_size) if len(indices) else ()
+        batches = indices.split(self.batch_size * self.group) if len(indices) else ()
         skip, self._skip = self._skip, 0
         self._yielded = skip
         for batch in batches[skip:]:
@@ -112,8 +119,10 @@ class EpochBatchSampler:
         """Number of batches this rank yields per epoch (for the current world size)."""
         rank, world = self.rank_world()
         if self.drop_last:
-            return self.num_samples // (world * self.batch_size)
-        return -(-len(range(rank, self.num_samples, world)) // self.batch_size)
+            batches = self.num_samples // (world * self.batch_size)
+        else:
+            batches = -(-len(range(rank, self.num_samples, world)) // self.batch_size)
+        return -(-batches // self.group)
 
     def state_dict(self) -> dict[str, int]:
         """The epoch and how many of its batches were already yielded."""

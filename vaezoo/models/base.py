@@ -61,6 +61,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MeanSquaredError
 from torchmetrics.image import PeakSignalNoiseRatio
 
+from vaezoo import compat
 from vaezoo.errors import VAEZooError
 from vaezoo.latents.base import Latent, LatentSample
 from vaezoo.latents.gaussian import DiagonalGaussian, GaussianLatent
@@ -203,6 +204,15 @@ class VAE(L.LightningModule):
         max_skipped_fraction: With ``nonfinite: skip``, the largest fraction of an epoch's training
             batches that may be skipped (0.1: 50 of 500); one more stops the run with ``stop``'s error,
             since a run whose every batch is non-finite trains nothing. 1 never stops.
+        steps_per_call: Optimiser steps per Lightning training step, k. The DataModule hands over k
+            batches as one, and the model steps through them (manual optimisation), so Lightning's fixed
+            cost per step (about 1 ms of Python) is paid once per k optimiser steps: what makes small
+            models fast. ``global_step`` still counts optimiser steps, and logging, checkpoints, LR
+            schedules, the KL warm-up, the non-finite guard and the epoch means keep their meaning
+            (docs/performance.md). k must divide ``log_every_n_steps`` and the step intervals of the
+            checkpoint callbacks; gradient clipping, gradient accumulation, plateau schedulers and
+            ``limit_train_batches``/``val_check_interval`` in batches are refused with k > 1. 1: Lightning's
+            automatic optimisation, one step per training step.
         compile: Compile the net with ``torch.compile`` when training starts (opt-in: compiling costs
             tens of seconds up front and pays off on long runs, mostly on GPUs).
         optimizer: The optimiser, e.g. ``{class_path: torch.optim.Adam, init_args: {lr: 0.001}}``.
@@ -221,6 +231,7 @@ class VAE(L.LightningModule):
         val_iw_samples: int | None = None,
         nonfinite: Literal["stop", "skip", "off"] = "stop",
         max_skipped_fraction: float = 0.1,
+        steps_per_call: int = 1,
         compile: bool = False,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -254,6 +265,12 @@ class VAE(L.LightningModule):
             raise VAEZooError(f"max_skipped_fraction must lie in [0, 1] (a fraction of an epoch's batches), got "
                               f"{max_skipped_fraction}; e.g. --model.max_skipped_fraction 0.1.")
         self.nonfinite_guard = NonFiniteGuard(nonfinite, max_skipped_fraction)
+        if steps_per_call < 1:
+            raise VAEZooError(f"steps_per_call must be >= 1 optimiser steps per training step, got {steps_per_call}.")
+        self.steps_per_call = steps_per_call
+        self.automatic_optimization = steps_per_call == 1
+        self._sub_batch: int | None = None  # with k > 1: images per optimiser step (the DataModule's batch size)
+        self._logging_step: int | None = None  # with k > 1: the step Lightning would log this optimiser step at
         self.kl_warmup_steps = self._check_kl_warmup(kl_warmup_steps)
         # The terms every step computes (see _step); evaluation adds the importance-weighted NLL.
         # The KL is logged as "kl" where it is analytic and as "kl_mc" where it is estimated by sampling.
@@ -479,6 +496,15 @@ class VAE(L.LightningModule):
         """Add the batch to the epoch's sums on the device; log step values on logging steps only."""
         self.train_sums.add(terms, batch_size, self.current_epoch)
         every = self.trainer.log_every_n_steps
+        if self._logging_step is not None:  # one of several optimiser steps in this training step
+            if every and (self._logging_step + 1) % every == 0:  # where one step per training step logs
+                values = {f"train/{name}_step": value.detach().float().mean() for name, value in terms.items()}
+                self.log("train/loss_step", values["train/loss_step"], prog_bar=True, logger=False)
+                if self.trainer.is_global_zero:  # what Lightning's logging does: rank 0 writes, at that step
+                    row = {**{k: v.item() for k, v in values.items()}, "epoch": self.current_epoch}
+                    for logger in self.loggers:
+                        logger.log_metrics(row, step=self._logging_step)
+            return
         if every and (self.global_step + 1) % every == 0:  # when Lightning writes to the loggers
             # Per process (no collective per step): the epoch means cover every process.
             for name, value in terms.items():
@@ -502,7 +528,8 @@ class VAE(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         every = self.trainer.log_every_n_steps
-        if every and self.global_step % every == 0:  # a step on which metrics are read anyway
+        # With k > 1 the group's end: checked every k steps (k divides log_every_n_steps, so at least as often).
+        if self.steps_per_call > 1 or (every and self.global_step % every == 0):  # metrics are read anyway
             self._check_nonfinite()
 
     def on_train_epoch_end(self) -> None:
@@ -511,6 +538,8 @@ class VAE(L.LightningModule):
         if means:
             # The means are already equal on every rank; sync_dist only keeps Lightning from warning.
             self.log_dict({f"train/{n}_epoch": m for n, m in means.items()}, on_epoch=True, sync_dist=True)
+        if self.steps_per_call > 1:  # Lightning steps the schedulers itself only with automatic optimisation
+            self._step_schedulers("epoch", self.current_epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning dumps a checkpoint on every rank, so collectives are safe here.
@@ -552,6 +581,72 @@ class VAE(L.LightningModule):
             size = self.context("train").dataset_size
             if size is not None:
                 self.latent.check_data(size)
+            if self.steps_per_call > 1:
+                self._setup_groups()
+
+    # ----- several optimiser steps per training step (steps_per_call > 1) ----------------------------
+
+    def _setup_groups(self) -> None:
+        """Check that every step interval keeps its meaning with groups of k steps; have the DataModule group."""
+        from vaezoo.data.base import ImageDataModule  # the data package imports the models' registry
+
+        k, trainer = self.steps_per_call, self.trainer
+        datamodule = getattr(trainer, "datamodule", None)
+        if not isinstance(datamodule, ImageDataModule):
+            raise VAEZooError(f"steps_per_call {k} needs one of vaezoo's DataModules (it hands over {k} batches as "
+                              f"one); got {type(datamodule).__name__}. Use --model.steps_per_call 1 with it.")
+        intervals = {"--trainer.log_every_n_steps": trainer.log_every_n_steps}
+        for callback in trainer.checkpoint_callbacks:
+            every = compat.every_n_train_steps(callback)
+            if every:
+                intervals[f"{type(callback).__name__}(every_n_train_steps)"] = every
+        if trainer.max_steps > 0:
+            intervals["--trainer.max_steps"] = trainer.max_steps
+        bad = {name: n for name, n in intervals.items() if n % k}
+        if bad:
+            name, n = next(iter(bad.items()))
+            fits = max(d for d in range(1, k + 1) if all(v % d == 0 for v in intervals.values() if v))
+            raise VAEZooError(f"steps_per_call {k} does not divide {name} = {n}: a group of {k} optimiser steps "
+                              f"would step over it. Use --model.steps_per_call {fits} (divides every interval), "
+                              "or change the interval.")
+        counted = {"--trainer.limit_train_batches": trainer.limit_train_batches,
+                   "--trainer.val_check_interval": trainer.val_check_interval}
+        for name, value in counted.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                raise VAEZooError(f"{name} {value} counts batches, and with steps_per_call {k} a training step takes "
+                                  f"{k}: give it as a fraction of the epoch (e.g. 0.5), or use --model.steps_per_call 1.")
+        if any(config.reduce_on_plateau for config in trainer.lr_scheduler_configs):
+            raise VAEZooError(f"steps_per_call {k} steps the LR schedulers itself and not a ReduceLROnPlateau "
+                              "(which needs a monitored metric): use --model.steps_per_call 1 with it.")
+        datamodule.steps_per_call = k
+        self._sub_batch = datamodule.hparams.batch_size
+        # Lightning 2.6 warns that a step checkpoint under manual optimisation holds the weights after the
+        # optimiser step; so do those of automatic optimisation, and the checkpoint at step s holds s steps.
+        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization and every_n_train_steps")
+
+    def _train_group(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """k optimiser steps on the k batches of ``batch`` (concatenated), as k training steps would make them."""
+        x, y = batch
+        optimizer = self.optimizers()
+        first = compat.logging_step(self.trainer)
+        parts = list(zip(x.split(self._sub_batch), y.split(self._sub_batch), strict=True))
+        for i, part in enumerate(parts):
+            self._logging_step = first + i
+            loss = self._step(part, "train")
+            if loss is not None:  # None: the non-finite guard skipped it, as a training step returning None
+                optimizer.zero_grad()
+                self.manual_backward(loss)
+                optimizer.step()
+                self._step_schedulers("step", batch_idx * self.steps_per_call + i)
+        self._logging_step = None
+        compat.count_batches(self.trainer, len(parts) - 1)  # Lightning counts the training step as one
+
+    def _step_schedulers(self, interval: str, index: int) -> None:
+        """Step the schedulers of ``interval`` as Lightning's automatic optimisation does (``index``: the batch in the
+        epoch for "step", the epoch for "epoch"; each steps when ``index + 1`` is a multiple of its frequency)."""
+        for config in self.trainer.lr_scheduler_configs:
+            if config.interval == interval and (index + 1) % config.frequency == 0:
+                config.scheduler.step()
 
     def on_train_start(self) -> None:
         # seed_everything leaves every DDP process with the same random state, so each would draw the
@@ -566,6 +661,8 @@ class VAE(L.LightningModule):
         self._log_latent_activity("test")
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        if self.steps_per_call > 1:
+            return self._train_group(batch, batch_idx)
         return self._step(batch, "train")
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

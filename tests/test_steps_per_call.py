@@ -1,0 +1,150 @@
+"""``--model.steps_per_call k``: k optimiser steps per training step give what k training steps give.
+
+Each test trains the same recipe twice from the same seed, with k = 1 and k > 1, and compares what a user
+sees: the weights, ``global_step``, the checkpoints' steps, every logged row (step column included) and the
+LR schedule. Binarisation is static: dynamic binarisation draws a group's pixels in one call, before its
+steps' reparameterisation draws, so the random numbers come in another order (the same distribution).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from tests.test_cli import run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fit(root: Path, out: Path, k: int, capsys: pytest.CaptureFixture[str], *extra: str) -> Path:
+    code, _, err = run_cli(
+        "fit", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), "--data.root", str(root),
+        "--data.batch_size", "8", "--data.val_size", "16", "--data.binarize", "static", "--trainer.max_epochs", "2",
+        "--trainer.log_every_n_steps", "2", "--trainer.logger.init_args.save_dir", str(out), "--images.every_n_epochs", "0",
+        "--model.iw_samples", "null", "--trainer.enable_progress_bar", "false", "--model.steps_per_call", str(k),
+        *extra, capsys=capsys,
+    )
+    assert code == 0, err
+    return out / "mnist_mlp" / "version_0"
+
+
+def rows(run: Path) -> list[dict[str, str]]:
+    with (run / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def final_state(run: Path) -> dict:
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    return ckpt
+
+
+def test_k_steps_per_call_trains_exactly_as_k_training_steps(tiny_mnist, tmp_path: Path, capsys) -> None:
+    root, _ = tiny_mnist
+    scheduler = ["--model.lr_scheduler.class_path", "torch.optim.lr_scheduler.StepLR",
+                 "--model.lr_scheduler.init_args.step_size", "1", "--model.lr_scheduler.init_args.gamma", "0.5"]
+    one = fit(root, tmp_path / "k1", 1, capsys, *scheduler)
+    two = fit(root, tmp_path / "k2", 2, capsys, *scheduler)
+    a, b = final_state(one), final_state(two)
+    assert a["global_step"] == b["global_step"] == 12  # 48 training images, batches of 8, 2 epochs
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+    assert a["optimizer_states"][0]["param_groups"][0]["lr"] == b["optimizer_states"][0]["param_groups"][0]["lr"] == 0.00025
+    assert rows(one) == rows(two)  # every logged value at the same step: train steps, epoch means, validation
+    assert sorted(p.name for p in (one / "checkpoints").iterdir()) == sorted(p.name for p in (two / "checkpoints").iterdir())
+
+
+def test_a_group_that_steps_over_an_interval_is_refused(tiny_mnist, tmp_path: Path, capsys) -> None:
+    root, _ = tiny_mnist
+    code, _, err = run_cli(
+        "fit", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), "--data.root", str(root), "--data.batch_size", "8",
+        "--data.val_size", "16", "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "5",
+        "--trainer.logger.init_args.save_dir", str(tmp_path), "--model.steps_per_call", "2", capsys=capsys,
+    )
+    assert code != 0
+    assert "steps_per_call 2 does not divide --trainer.log_every_n_steps = 5" in err and "steps_per_call 1" in err
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--trainer.limit_train_batches", "4"], "--trainer.limit_train_batches 4 counts batches"),
+    (["--trainer.gradient_clip_val", "1.0"], "gradient clipping"),
+])
+def test_settings_whose_meaning_would_change_are_refused(tiny_mnist, tmp_path: Path, capsys, option, message) -> None:
+    root, _ = tiny_mnist
+    code, _, err = run_cli(
+        "fit", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), "--data.root", str(root), "--data.batch_size", "8",
+        "--data.val_size", "16", "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "2",
+        "--trainer.logger.init_args.save_dir", str(tmp_path), "--model.steps_per_call", "2", *option, capsys=capsys,
+    )
+    assert code != 0
+    assert message in err, err
+
+
+class KillAtStep(L.Callback):
+    """SIGKILLs its own process before the optimiser step that would make ``global_step`` 6: in the middle of the
+    third group of k = 2, one step after the checkpoint at step 4."""
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:  # noqa: ANN001
+        if trainer.global_step == 5:  # the group of steps 5 and 6 is half done; the last checkpoint is at step 4
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RecordGroups(L.Callback):
+    """Appends ``[global_step, sum of the group's pixels]`` to ./groups.jsonl as each training step starts."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:  # noqa: ANN001
+        with open("groups.jsonl", "a") as f:
+            f.write(json.dumps([trainer.global_step, int(batch[0].long().sum())]) + "\n")
+
+
+def groups(folder: Path) -> dict[int, int]:
+    return {step: pixels for step, pixels in (json.loads(line) for line in (folder / "groups.jsonl").read_text().splitlines())}
+
+
+def test_a_run_killed_in_the_middle_of_a_group_resumes_exactly(tiny_mnist, tmp_path: Path) -> None:
+    """Checkpoints fall only at the ends of groups (k divides every interval): a run killed inside a group resumes
+    from the last one and trains the same images at every step as the run never killed, as with k = 1
+    (tests/test_resume.py: the same batches and end point; the noise draws after a resume are new ones)."""
+    root, _ = tiny_mnist
+    recipe = yaml.safe_load((REPO / "configs" / "mnist_mlp.yaml").read_text())
+    for callback in recipe["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("LatestCheckpoint"):
+            callback["init_args"]["every_n_train_steps"] = 2
+    config = tmp_path / "recipe.yaml"
+    config.write_text(yaml.safe_dump(recipe))
+    args = ["fit", "--config", str(config), "--data.root", str(root), "--data.batch_size", "8", "--data.val_size", "16",
+            "--data.binarize", "static",
+            "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "2", "--images.every_n_epochs", "0",
+            "--model.iw_samples", "null", "--trainer.enable_progress_bar", "false", "--model.steps_per_call", "2",
+            "--trainer.callbacks+=tests.test_steps_per_call.RecordGroups"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    for folder in (whole, killed):
+        folder.mkdir()
+    done = subprocess.run([sys.executable, "-m", "vaezoo", *args], cwd=whole, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    crash = subprocess.run([sys.executable, "-m", "vaezoo", *args, "--trainer.callbacks+=tests.test_steps_per_call.KillAtStep"],
+                           cwd=killed, env=env, capture_output=True, text=True)
+    assert crash.returncode == -signal.SIGKILL, crash.stderr[-3000:]
+    before = groups(killed)
+    (killed / "groups.jsonl").unlink()
+    resumed = subprocess.run([sys.executable, "-m", "vaezoo", *args, "--ckpt_path", "last"], cwd=killed, env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after, expected = groups(killed), groups(whole)
+    assert sorted(expected) == list(range(0, 12, 2))  # six groups of two steps: 48 images in batches of 8, 2 epochs
+    assert max(before) == 4 and min(after) == 4  # killed inside the group at step 4; resumed from its start
+    assert {**before, **after} == expected  # every group the same images at the same step
+    a = torch.load(whole / "runs" / "mnist_mlp" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(killed / "runs" / "mnist_mlp" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (a["global_step"], a["epoch"]) == (b["global_step"], b["epoch"]) == (12, 1)
