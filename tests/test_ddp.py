@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from tests.data_files import write_idx, write_mnist_idx
@@ -117,16 +118,10 @@ class KeyedNoiseVAE(VAE):
     def build_latent(self, latent_dim, prior):
         return KeyedLatent(latent_dim, prior)
 
-    def training_step(self, batch, batch_idx):
-        return self.keyed(super().training_step, batch, batch_idx)
-
-    def validation_step(self, batch, batch_idx):
-        return self.keyed(super().validation_step, batch, batch_idx)
-
-    def keyed(self, step, batch, batch_idx):
+    def _step(self, batch, stage):  # each optimiser step's batch, also inside a group (steps_per_call > 1)
         self.latent.keys, self.latent.step = batch[1].cpu(), self.global_step
         try:
-            return step(batch, batch_idx)
+            return super()._step(batch, stage)
         finally:
             self.latent.keys = None
 '''
@@ -355,3 +350,19 @@ def test_ddp_validation_metrics_cover_the_whole_val_set(workspace: Path, keyed_d
     assert set(a) == set(b) >= {"val/elbo", "val/recon", "val/kl", "val/mse", "val/psnr", "val/active_units"}
     for key in a:
         assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_ddp_with_several_steps_per_call_trains_as_one(workspace: Path, keyed_ddp_fit: Path) -> None:
+    """--model.steps_per_call 2 under 2-process DDP: each optimiser step all-reduces its own gradients, so the
+    model, its steps and its logged metrics are those of steps_per_call 1 (noise keyed by image and step)."""
+    grouped = vaezoo(workspace, "keyed_ddp_k2", "fit", *COMMON, *KEYED, "--config", str(DDP_CPU),
+                     "--data.batch_size", "8", "--model.steps_per_call", "2")
+    last = Path("runs") / "mnist_mlp" / "version_0" / "checkpoints" / "last.ckpt"
+    a = torch.load(keyed_ddp_fit / last, map_location="cpu", weights_only=True)
+    b = torch.load(grouped / last, map_location="cpu", weights_only=True)
+    assert a["global_step"] == b["global_step"] == EPOCHS * BATCHES_PER_EPOCH
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name
+    assert val_metrics(keyed_ddp_fit) == val_metrics(grouped)
+    assert val_metrics(keyed_ddp_fit, "train/elbo_epoch") == val_metrics(grouped, "train/elbo_epoch")

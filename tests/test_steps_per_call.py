@@ -64,6 +64,18 @@ def test_k_steps_per_call_trains_exactly_as_k_training_steps(tiny_mnist, tmp_pat
     assert sorted(p.name for p in (one / "checkpoints").iterdir()) == sorted(p.name for p in (two / "checkpoints").iterdir())
 
 
+def test_bf16_mixed_k_steps_per_call_trains_as_k_training_steps(tiny_mnist, tmp_path: Path, capsys) -> None:
+    """Under autocast too: each optimiser step runs the same bf16 ops on the same batch."""
+    root, _ = tiny_mnist
+    one = fit(root, tmp_path / "k1", 1, capsys, "--trainer.precision", "bf16-mixed")
+    two = fit(root, tmp_path / "k2", 2, capsys, "--trainer.precision", "bf16-mixed")
+    a, b = final_state(one), final_state(two)
+    assert a["global_step"] == b["global_step"] == 12
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name
+    assert rows(one) == rows(two)
+
+
 def test_a_group_that_steps_over_an_interval_is_refused(tiny_mnist, tmp_path: Path, capsys) -> None:
     root, _ = tiny_mnist
     code, _, err = run_cli(
