@@ -215,19 +215,18 @@ def check_file(path: Path, keywords: bool = True) -> None:
         path: The ``--ckpt_path`` given.
         keywords: Whether the command also takes ``last`` and ``best`` (fit, validate, test, predict), to suggest them.
     """
-    last_best = keywords
     if path.is_dir():
         inside = sorted((p for pattern in ("*.ckpt", "checkpoints/*.ckpt", "*/checkpoints/*.ckpt") for p in path.glob(pattern)),
                         key=lambda p: p.stat().st_mtime, reverse=True)
         example = f" such as {inside[0]} (the newest of the {len(inside)} there)" if inside else ""
         raise VAEZooError(
             f"--ckpt_path {path} is a folder, not a checkpoint file. Give a .ckpt file{example}"
-            + (", or 'last' / 'best' for the newest / best checkpoint of this config's runs." if last_best else ".")
+            + (", or 'last' / 'best' for the newest / best checkpoint of this config's runs." if keywords else ".")
         )
     if not path.is_file():
         raise VAEZooError(
             f"--ckpt_path {path} does not exist. Give the path of a .ckpt file, e.g. runs/<recipe>/version_<N>/"
-            "checkpoints/last.ckpt" + (", or 'last' (the newest checkpoint of this config's runs) or 'best'." if last_best else ".")
+            "checkpoints/last.ckpt" + (", or 'last' (the newest checkpoint of this config's runs) or 'best'." if keywords else ".")
         )
     if zipfile.is_zipfile(path):  # torch's format since 1.6: the zip's directory is written last
         return

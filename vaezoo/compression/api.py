@@ -13,7 +13,6 @@ Lossless mode needs binary images for a Bernoulli likelihood (pixels 0 or 1) and
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import time
 from collections.abc import Iterator
@@ -50,10 +49,6 @@ class Compressed:
 def prepare(model: VAE) -> VAE:
     """The model as the codec runs it: on the CPU, in float32, in eval mode (moved in place)."""
     return model.to("cpu", torch.float32).eval()
-
-
-def images_sha256(symbols: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(symbols, dtype="<i4").tobytes()).hexdigest()
 
 
 def to_symbols(images: Tensor, levels: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -139,7 +134,7 @@ def compress(model: VAE, images: Tensor, *, lossy_mode: bool = False, quality: f
         clean_bits = 32 * len(codec.clean_words())
         header.update(mode="lossless", levels=codec.pixels.levels, latent_precision=latent_precision, latent_scale=latent_scale,
                       chunks=chunks.runs, clean_seed=CLEAN_SEED, threads=coding_threads, probe=fingerprint,
-                      images_sha256=images_sha256(symbols))
+                      images_sha256=container.digest(symbols))
     data = container.pack(header, words)
     count, bits = len(symbols), 32 * len(words)
     pixels = count * model.image_shape[1] * model.image_shape[2]
@@ -177,11 +172,17 @@ def decompress(data: bytes, model: VAE, name: str = "the file") -> tuple[Tensor,
         VAEZooError: naming the problem and the fix.
     """
     header, words = container.unpack(data, name)
+    return decode(header, words, model, name), header
+
+
+def decode(header: dict[str, Any], words: np.ndarray, model: VAE, name: str = "the file") -> Tensor:
+    """The images of a file already read and checked by :func:`vaezoo.compression.container.unpack`
+    (:func:`decompress` without the reading)."""
     model = prepare(model)
     check_model(header, model, name)
     count, shape = header["count"], tuple(header["shape"])
     if header["mode"] == "lossy":
-        return lossy.decode(model, words, header["lossy"], count).reshape(count, *shape), header
+        return lossy.decode(model, words, header["lossy"], count).reshape(count, *shape)
     codec = BitsBack(model, header["latent_precision"], header["latent_scale"])
     chunks = Chunks(header["chunks"])
     with threads(header["threads"]):  # the networks run as they ran when compressing
@@ -195,7 +196,7 @@ def decompress(data: bytes, model: VAE, name: str = "the file") -> tuple[Tensor,
                 "torch version and CPU kind."
             )
         symbols = codec.decode(words, chunks)
-    if images_sha256(symbols) != header["images_sha256"]:
+    if container.digest(symbols) != header["images_sha256"]:
         raise VAEZooError(f"the images decoded from {name} do not match its checksum: the model computed differently "
                           "from when it compressed. No images were written.")
-    return codec.to_images(symbols), header
+    return codec.to_images(symbols)

@@ -16,9 +16,6 @@ from typing import Any
 
 PROG = "vaezoo"
 
-_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
 def _compress_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"{PROG} compress", allow_abbrev=False,
@@ -70,15 +67,16 @@ def load_model(path: str) -> Any:
 
 def _image_files(inputs: list[str]) -> list[tuple[Path, str]]:
     """(file, stored name) of every image: a folder's images by their path inside it, in sorted order."""
+    from vaezoo.data.folder import IMAGE_EXTENSIONS  # the folder DataModule's: the same files count as images
     from vaezoo.errors import VAEZooError
 
     found: list[tuple[Path, str]] = []
     for given in inputs:
         path = Path(given)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _EXTENSIONS)
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
             if not files:
-                raise VAEZooError(f"{path} holds no image ({', '.join(_EXTENSIONS)}); nothing to compress.")
+                raise VAEZooError(f"{path} holds no image ({', '.join(IMAGE_EXTENSIONS)}); nothing to compress.")
             found += [(p, p.relative_to(path).as_posix()) for p in files]
         elif path.is_file():
             found.append((path, path.name))
@@ -182,16 +180,17 @@ def decompress_main(argv: list[str]) -> int:
     import torch
     from PIL import Image
 
-    from vaezoo.compression import container, decompress
+    from vaezoo.compression import container
+    from vaezoo.compression.api import decode
     from vaezoo.errors import VAEZooError
 
     args = _decompress_parser().parse_args(argv)
-    header, _ = container.read(args.input)
+    header, words = container.read(args.input)  # read and checked once
     ckpt = args.ckpt_path or header["model"].get("checkpoint")
     if not ckpt or not Path(ckpt).is_file():
         raise VAEZooError(f"{args.input} needs its model, the checkpoint {ckpt or '(not recorded)'}, which is not there: "
                           "pass --ckpt_path with that checkpoint (its weights are checked by their hash).")
-    images, header = decompress(Path(args.input).read_bytes(), load_model(ckpt), args.input)
+    images = decode(header, words, load_model(ckpt), args.input)
     count = len(images)
     names = header.get("names") or [f"{i:0{len(str(count - 1))}d}" for i in range(count)]
     names = [str(Path(n).with_suffix(".png")) for n in names]

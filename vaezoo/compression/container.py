@@ -38,6 +38,11 @@ _PAYLOAD = struct.Struct("<Q")
 _DIGEST = 32
 
 
+def digest(symbols: np.ndarray) -> str:
+    """SHA-256 of integer symbols (pixels, codes) as little-endian int32: what the header's checksums hold."""
+    return hashlib.sha256(np.ascontiguousarray(symbols, dtype="<i4").tobytes()).hexdigest()
+
+
 def pack(header: dict[str, Any], words: np.ndarray) -> bytes:
     """The file's bytes for ``header`` and the coded ``words`` (uint32)."""
     head = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)

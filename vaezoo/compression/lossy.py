@@ -17,7 +17,6 @@ image codecs report it, not per sub-pixel).
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import constriction
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vaezoo.compression.container import digest
 from vaezoo.compression.latent import Coder
 from vaezoo.errors import VAEZooError
 from vaezoo.models.base import VAE
@@ -55,7 +55,7 @@ def encode(model: VAE, images: Tensor, quality: float) -> tuple[np.ndarray, dict
     coder = Coder()
     coder.encode_reverse(codes.ravel(), _model(span), np.zeros(codes.size), np.tile(spread.astype(np.float64), len(codes)))
     settings = {"quality": quality, "span": span, "centre": centre.tolist(), "step": step.tolist(),
-                "spread": spread.tolist(), "codes_sha256": _sha(codes)}
+                "spread": spread.tolist(), "codes_sha256": digest(codes)}
     return coder.get_compressed(), settings
 
 
@@ -65,7 +65,7 @@ def decode(model: VAE, words: np.ndarray, settings: dict[str, Any], count: int) 
     coder = Coder(words)
     codes = coder.decode(_model(settings["span"]), np.zeros(count * len(spread)),
                          np.tile(spread.astype(np.float64), count)).reshape(count, -1)
-    if _sha(codes) != settings["codes_sha256"]:
+    if digest(codes) != settings["codes_sha256"]:
         raise VAEZooError("the decoded codes do not match the file's checksum of them: the file is damaged or was "
                           "written by another vaezoo version. No images were written.")
     z = torch.from_numpy(centre + codes.astype(np.float32) * step)  # float32, as the encoder's grid
@@ -75,6 +75,3 @@ def decode(model: VAE, words: np.ndarray, settings: dict[str, Any], count: int) 
             out.append(model.likelihood.mean(model.decode(z[start:start + _BATCH])).float())
     return torch.round(torch.cat(out).clamp(0, 1) * 255) / 255
 
-
-def _sha(codes: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(codes, dtype="<i4").tobytes()).hexdigest()

@@ -20,7 +20,7 @@ density over continuous pixels: it has no lossless code, only the lossy one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import constriction
@@ -61,25 +61,29 @@ class PixelCoder:
         per = self.likelihood.params_per_channel
         return params.detach().double().cpu().unflatten(1, (per, -1)).movedim(1, -1).reshape(-1, per)
 
-    def _pieces(self, params: Tensor) -> list[tuple[Any, list[np.ndarray]]]:
-        rows = self.rows(params)  # a 256-level table is built per piece: 32 MiB at most
-        return [self.entropy_model(rows[start:start + _ROWS_PER_CALL]) for start in range(0, rows.shape[0], _ROWS_PER_CALL)]
+    def _pieces(self, params: Tensor, backwards: bool = False) -> Iterator[tuple[int, Any, list[np.ndarray]]]:
+        """``(start, family, args)`` of each piece of ``_ROWS_PER_CALL`` sub-pixels, built one at a time: a
+        256-level table is 32 MiB a piece, where a whole chunk's would be gigabytes."""
+        rows = self.rows(params)
+        starts = range(0, rows.shape[0], _ROWS_PER_CALL)
+        for start in reversed(starts) if backwards else starts:
+            yield start, *self.entropy_model(rows[start:start + _ROWS_PER_CALL])
 
     def push(self, coder: Coder, symbols: np.ndarray, params: Tensor) -> None:
         """Push the pixels ``symbols`` ``(B, D)`` int32 under p(x | z) so that :meth:`pop` gives them back."""
         flat = symbols.ravel()
-        pieces = list(zip(range(0, flat.size, _ROWS_PER_CALL), self._pieces(params), strict=True))
-        for start, (family, args) in reversed(pieces):  # a stack: the last piece first, so pop reads them in order
+        # A stack: the last piece first, so that pop reads them in order.
+        for start, family, args in self._pieces(params, backwards=True):
             coder.encode_reverse(flat[start:start + _ROWS_PER_CALL], family, *args)
 
     def pop(self, coder: Coder, params: Tensor) -> np.ndarray:
         """Pop the pixels ``(B, D)`` int32 of a chunk under p(x | z)."""
-        out = [coder.decode(family, *args) for family, args in self._pieces(params)]
+        out = [coder.decode(family, *args) for _, family, args in self._pieces(params)]
         return np.concatenate(out).reshape(params.shape[0], -1)
 
     def fingerprint(self, params: Tensor) -> bytes:
         """The numbers the coder would see for ``params``, for :func:`vaezoo.compression.identity.probe`."""
-        return b"".join(np.ascontiguousarray(a).tobytes() for _, args in self._pieces(params) for a in args)
+        return b"".join(np.ascontiguousarray(a).tobytes() for _, _, args in self._pieces(params) for a in args)
 
 
 _CODERS: dict[type[Likelihood], type[PixelCoder]] = {}
