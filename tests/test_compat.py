@@ -108,3 +108,49 @@ def test_the_logging_step_is_the_epoch_loops_batch_count() -> None:
     assert trainer.fit_loop.epoch_loop.on_save_checkpoint()["_batches_that_stepped"] == 3, f"{UPDATE}: its checkpoint key"
     assert compat.every_n_train_steps(ModelCheckpoint(every_n_train_steps=7)) == 7, f"{UPDATE}: _every_n_train_steps"
     assert compat.every_n_train_steps(ModelCheckpoint()) == 0
+
+
+@pytest.mark.parametrize("automatic", [True, False])
+def test_a_checkpoint_holds_both_step_counts_and_its_epoch_progress(tmp_path, automatic: bool) -> None:
+    """compat 7: a checkpoint saved 3 steps into an epoch, by automatic or manual optimisation: both step counts are
+    there, ``global_step`` reads the one of the kind in use, and ``mid_epoch`` sees where it stopped."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    class Model(BoringModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = automatic
+
+        def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+            if self.automatic_optimization:
+                return super().training_step(batch, batch_idx)
+            optimizer = self.optimizers()
+            optimizer.zero_grad()
+            self.manual_backward(self.step(batch))
+            optimizer.step()
+            return None
+
+        def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:  # noqa: ANN001
+            if batch_idx == 2 and not self.trainer.ckpt_path:
+                self.trainer.save_checkpoint(tmp_path / "mid.ckpt")
+
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=5, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Model())
+    checkpoint = torch.load(tmp_path / "mid.ckpt", weights_only=False)
+    assert compat.mid_epoch(checkpoint) == (0, 3), f"{UPDATE}: epoch_loop.batch_progress"
+    fit_loop = checkpoint["loops"]["fit_loop"]
+    assert compat._AUTOMATIC in fit_loop and compat._MANUAL in fit_loop, f"{UPDATE}: the optimiser progress keys"
+    compat.sync_step_counts(checkpoint)
+    assert fit_loop[compat._AUTOMATIC]["optimizer"]["step"]["total"]["completed"] == 3, UPDATE
+    assert fit_loop[compat._MANUAL]["total"]["completed"] == 3, UPDATE
+    # Resumed by the other kind, global_step starts where the run stopped.
+    other = Model()
+    other.automatic_optimization = not automatic
+    resumed = L.Trainer(max_epochs=1, limit_train_batches=5, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    torch.save(checkpoint, tmp_path / "synced.ckpt")
+    resumed.fit(other, ckpt_path=tmp_path / "synced.ckpt")
+    assert resumed.global_step == 5, UPDATE

@@ -239,6 +239,22 @@ def test_dynamic_binarisation_redraws_training_batches_only(tiny_mnist: TinyMNIS
     assert torch.equal(again.val_dataloader().images, dm.val_dataloader().images)
 
 
+def test_dynamic_draw_is_bernoulli_at_every_grey_level(tiny_mnist: TinyMNIST) -> None:
+    """The draw 1[u < g / 255] is Bernoulli(g / 255) at each level: 0 and 255 exactly, the rest within 5 sigma."""
+    root, _ = tiny_mnist
+    dm = MNISTDataModule(root=str(root), val_size=10, batch_size=4, binarize="dynamic", download=False)
+    levels = torch.tensor([0, 1, 3, 64, 128, 200, 254, 255], dtype=torch.uint8)
+    n = 20_000  # draws per level
+    x = levels.repeat_interleave(n).view(-1, 1, 1, 1)  # (8 n, 1, 1, 1)
+    torch.manual_seed(0)
+    draws = dm._to_float(x, training=True).view(len(levels), n)
+    p = levels.double() / 255
+    freq = draws.double().mean(1)
+    assert freq[0] == 0 and freq[-1] == 1
+    sigma = (p * (1 - p) / n).sqrt()
+    assert ((freq - p).abs()[1:-1] < 5 * sigma[1:-1]).all(), (freq, p)
+
+
 def test_on_after_batch_transfer_makes_floats(tiny_mnist: TinyMNIST) -> None:
     root, _ = tiny_mnist
     dm = MNISTDataModule(root=str(root), val_size=10, batch_size=4, binarize="none", download=False)

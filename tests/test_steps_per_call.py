@@ -26,7 +26,7 @@ from tests.test_cli import run_cli
 REPO = Path(__file__).resolve().parents[1]
 
 
-def fit(root: Path, out: Path, k: int, capsys: pytest.CaptureFixture[str], *extra: str) -> Path:
+def fit(root: Path, out: Path, k: int | str, capsys: pytest.CaptureFixture[str], *extra: str) -> Path:
     code, _, err = run_cli(
         "fit", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), "--data.root", str(root),
         "--data.batch_size", "8", "--data.val_size", "16", "--data.binarize", "static", "--trainer.max_epochs", "2",
@@ -88,8 +88,9 @@ def test_a_group_that_steps_over_an_interval_is_refused(tiny_mnist, tmp_path: Pa
 
 
 @pytest.mark.parametrize(("option", "message"), [
-    (["--trainer.limit_train_batches", "4"], "--trainer.limit_train_batches 4 counts batches"),
-    (["--trainer.gradient_clip_val", "1.0"], "gradient clipping"),
+    (["--trainer.limit_train_batches", "4"], "--trainer.limit_train_batches 4 (it would count groups"),
+    (["--trainer.limit_train_batches", "0.5"], "--trainer.limit_train_batches 0.5 (it would count groups"),
+    (["--trainer.accumulate_grad_batches", "2"], "--trainer.accumulate_grad_batches 2 (gradient accumulation)"),
 ])
 def test_settings_whose_meaning_would_change_are_refused(tiny_mnist, tmp_path: Path, capsys, option, message) -> None:
     root, _ = tiny_mnist
@@ -99,7 +100,77 @@ def test_settings_whose_meaning_would_change_are_refused(tiny_mnist, tmp_path: P
         "--trainer.logger.init_args.save_dir", str(tmp_path), "--model.steps_per_call", "2", *option, capsys=capsys,
     )
     assert code != 0
-    assert message in err, err
+    assert message in err and "--model.steps_per_call 1" in err, err
+
+
+def test_gradient_clipping_clips_each_step_of_a_group_as_k_1(tiny_mnist, tmp_path: Path, capsys) -> None:
+    """Lightning clips only under automatic optimisation; groups clip each step where it would, before the step."""
+    root, _ = tiny_mnist
+    clip = ["--trainer.gradient_clip_val", "0.05"]
+    one, two = fit(root, tmp_path / "k1", 1, capsys, *clip), fit(root, tmp_path / "k2", 2, capsys, *clip)
+    free = fit(root, tmp_path / "free", 2, capsys)
+    a, b, c = final_state(one), final_state(two), final_state(free)
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name
+    assert any(not torch.equal(t, c["state_dict"][n]) for n, t in a["state_dict"].items())  # it clipped
+    assert rows(one) == rows(two)
+
+
+def test_auto_takes_the_largest_k_that_fits_every_interval(tiny_mnist, tmp_path: Path, capsys) -> None:
+    """auto: log every 4 steps and checkpoints every 200 (the recipe's): k = 4, trained exactly as k = 1."""
+    root, _ = tiny_mnist
+    one = fit(root, tmp_path / "k1", 1, capsys, "--trainer.log_every_n_steps", "4")
+    auto = fit(root, tmp_path / "auto", "auto", capsys, "--trainer.log_every_n_steps", "4")
+    a, b = final_state(one), final_state(auto)
+    assert (a["vaezoo_steps_per_call"], b["vaezoo_steps_per_call"]) == (1, 4)
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name
+    assert rows(one) == rows(auto)
+
+
+class CountSteps(L.Callback):
+    """A user's callback that counts optimiser steps in a per-step hook (it would count groups with k > 1)."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:  # noqa: ANN001
+        pass
+
+
+@pytest.mark.parametrize("option", [
+    ["--trainer.callbacks+=tests.test_steps_per_call.CountSteps"],
+    ["--trainer.accumulate_grad_batches", "2"],
+    ["--trainer.limit_train_batches", "4"],
+    ["--trainer.log_every_n_steps", "7"],  # 1 is the only k <= 10 that divides 7
+])
+def test_auto_takes_one_where_groups_would_change_a_meaning(tiny_mnist, tmp_path: Path, capsys, option) -> None:
+    root, _ = tiny_mnist
+    assert final_state(fit(root, tmp_path, "auto", capsys, *option))["vaezoo_steps_per_call"] == 1
+
+
+def test_an_explicit_k_warns_of_a_callback_with_per_step_hooks(tiny_mnist, tmp_path: Path, capsys) -> None:
+    root, _ = tiny_mnist
+    with pytest.warns(UserWarning, match="the per-step hooks of CountSteps run once per group of 2"):
+        run = fit(root, tmp_path, 2, capsys, "--trainer.callbacks+=tests.test_steps_per_call.CountSteps")
+    assert final_state(run)["vaezoo_steps_per_call"] == 2
+
+
+def test_an_epoch_end_checkpoint_resumes_with_another_k_at_its_step(tiny_mnist, tmp_path: Path, capsys) -> None:
+    """global_step is read from the automatic or the manual step count: both are kept in step (compat 7)."""
+    root, _ = tiny_mnist
+    first = fit(root, tmp_path / "k1", 1, capsys, "--trainer.max_epochs", "1")
+    assert final_state(first)["global_step"] == 6
+    code, _, err = run_cli(
+        "fit", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), "--data.root", str(root),
+        "--data.batch_size", "8", "--data.val_size", "16", "--data.binarize", "static", "--trainer.max_epochs", "2",
+        "--trainer.log_every_n_steps", "2", "--trainer.logger.init_args.save_dir", str(tmp_path / "k2"),
+        "--images.every_n_epochs", "0", "--model.iw_samples", "null", "--trainer.enable_progress_bar", "false",
+        "--model.steps_per_call", "2", "--ckpt_path", str(first / "checkpoints" / "last.ckpt"), capsys=capsys,
+    )
+    assert code == 0, err
+    resumed = tmp_path / "k2" / "mnist_mlp" / "version_0"
+    state = final_state(resumed)
+    assert (state["global_step"], state["epoch"], state["vaezoo_steps_per_call"]) == (12, 1, 2)
+    steps = sorted({int(r["step"]) for r in rows(resumed) if r.get("train/loss_step")})
+    assert steps == [7, 9, 11]  # the second epoch's logging steps (every 2), as a run never stopped logs them
 
 
 class KillAtStep(L.Callback):
@@ -150,8 +221,13 @@ def test_a_run_killed_in_the_middle_of_a_group_resumes_exactly(tiny_mnist, tmp_p
     assert crash.returncode == -signal.SIGKILL, crash.stderr[-3000:]
     before = groups(killed)
     (killed / "groups.jsonl").unlink()
-    resumed = subprocess.run([sys.executable, "-m", "vaezoo", *args, "--ckpt_path", "last"], cwd=killed, env=env,
-                             capture_output=True, text=True)
+    other_k = subprocess.run([sys.executable, "-m", "vaezoo", *args, "--ckpt_path", "last", "--model.steps_per_call", "1"],
+                             cwd=killed, env=env, capture_output=True, text=True)
+    assert other_k.returncode != 0 and "Resume it with --model.steps_per_call 2" in other_k.stderr, other_k.stderr[-3000:]
+    assert not (killed / "groups.jsonl").exists()  # refused before its first step
+    # auto resumes with the checkpoint's k inside an epoch, although with RecordGroups' hooks it would take 1.
+    resumed = subprocess.run([sys.executable, "-m", "vaezoo", *args, "--ckpt_path", "last", "--model.steps_per_call",
+                              "auto"], cwd=killed, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after, expected = groups(killed), groups(whole)
     assert sorted(expected) == list(range(0, 12, 2))  # six groups of two steps: 48 images in batches of 8, 2 epochs

@@ -21,6 +21,11 @@ installed versions and fails when one changes underneath, naming this module.
    ``fit_loop.epoch_loop._batches_that_stepped`` (private), which counts training steps, not optimiser
    steps; with several per training step, every row would land at another step than with one.
    :func:`logging_step` reads it and :func:`count_batches` advances it; neither has a public equivalent.
+7. The loops' progress in a checkpoint, when ``steps_per_call`` changes between a run and its resumption.
+   ``global_step`` is read from the automatic optimisation's step count or the manual one's, whichever the
+   module uses, and a checkpoint holds both: :func:`sync_step_counts` makes them agree, so that a run saved
+   with k = 1 resumes at its step with k > 1 and back. :func:`mid_epoch` reads whether it was saved inside an
+   epoch (its batch progress counts training steps, groups with k > 1, so k must not change there).
 """
 
 from __future__ import annotations
@@ -123,3 +128,32 @@ def count_batches(trainer: Trainer, extra: int) -> None:
 def every_n_train_steps(callback: Any) -> int:
     """A ModelCheckpoint's ``every_n_train_steps`` (0: none), which it keeps in a private attribute only."""
     return int(getattr(callback, "_every_n_train_steps", 0) or 0)
+
+
+# ----- 7. the loops' progress in a checkpoint -----------------------------------------------------------
+
+_AUTOMATIC = "epoch_loop.automatic_optimization.optim_progress"
+_MANUAL = "epoch_loop.manual_optimization.optim_step_progress"
+
+
+def sync_step_counts(checkpoint: dict[str, Any]) -> None:
+    """Set the automatic and the manual optimiser step counts of ``checkpoint`` (in place) to the larger of the
+    two, so ``global_step`` resumes right with either kind of optimisation. Counts only grow, and a run uses one
+    kind at a time, so the larger is the run's."""
+    fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    if _AUTOMATIC not in fit_loop or _MANUAL not in fit_loop:
+        return
+    automatic, manual = fit_loop[_AUTOMATIC]["optimizer"]["step"], fit_loop[_MANUAL]
+    for part in ("total", "current"):
+        for field in ("ready", "completed"):
+            automatic[part][field] = manual[part][field] = max(automatic[part][field], manual[part][field])
+
+
+def mid_epoch(checkpoint: dict[str, Any]) -> tuple[int, int] | None:
+    """``(epoch, training steps done in it)`` when ``checkpoint`` was saved inside an epoch; None at its end."""
+    fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    progress = fit_loop.get("epoch_loop.batch_progress")
+    # A checkpoint saved from on_train_batch_end: its step is processed, not yet completed.
+    if not progress or progress.get("is_last_batch") or not progress["current"]["processed"]:
+        return None
+    return int(checkpoint.get("epoch", 0)), int(progress["current"]["processed"])

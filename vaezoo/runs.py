@@ -12,7 +12,8 @@ writing a result removes the folder again (:func:`release`).
 trained with the same model and data settings. :func:`settings` reduces a resolved config to the
 values that define a trained model (the variant and its arguments, the net, the optimizer, the
 dataset and its split and batch size, the seed), leaving out those that only steer one command
-(:data:`RUN_SETTINGS`: where the data lies, the evaluation's k, the precision of a guard).
+(:data:`RUN_SETTINGS`: where the data lies, the evaluation's k, the precision of a guard, the optimiser steps
+per training step, which train exactly as one).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from vaezoo.tracking import flatten_config
 # a run and the command that resumes or scores it. ``model.image_shape`` is linked from the data.
 RUN_SETTINGS = frozenset({
     "model.iw_samples", "model.val_iw_samples", "model.nonfinite", "model.max_skipped_fraction", "model.compile",
+    "model.steps_per_call",
     "model.image_shape", "data.root", "data.download", "data.on_device", "data.eval_batch_size",
 })
 # The model arguments among them, kept from the command line when a checkpoint's model replaces the config's.

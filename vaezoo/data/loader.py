@@ -115,14 +115,17 @@ class EpochBatchSampler:
             self._yielded += 1
             yield batch
 
-    def __len__(self) -> int:
-        """Number of batches this rank yields per epoch (for the current world size)."""
+    @property
+    def batches(self) -> int:
+        """Number of batches (not groups) this rank takes per epoch (for the current world size)."""
         rank, world = self.rank_world()
         if self.drop_last:
-            batches = self.num_samples // (world * self.batch_size)
-        else:
-            batches = -(-len(range(rank, self.num_samples, world)) // self.batch_size)
-        return -(-batches // self.group)
+            return self.num_samples // (world * self.batch_size)
+        return -(-len(range(rank, self.num_samples, world)) // self.batch_size)
+
+    def __len__(self) -> int:
+        """Number of groups of batches (of batches, with ``group = 1``) this rank yields per epoch."""
+        return -(-self.batches // self.group)
 
     def state_dict(self) -> dict[str, int]:
         """The epoch and how many of its batches were already yielded."""

@@ -172,7 +172,9 @@ class MNISTDataModule(ImageDataModule):
     def _to_float(self, x: Tensor, training: bool) -> Tensor:
         x = super()._to_float(x, training)  # (B, 1, 28, 28) in [0, 1]
         if training and self.hparams.binarize == "dynamic":
-            x = torch.bernoulli(x)  # a fresh draw every step, on the device
+            # A fresh draw every step, on the device: 1[u < p] with u ~ U[0, 1) is Bernoulli(p), and on a CPU
+            # it is 4x faster than torch.bernoulli (0.25 against 1.0 ms per 128 images: a sixth of an MLP step).
+            x = (torch.rand_like(x) < x).to(x.dtype)
         return x
 
 

@@ -57,6 +57,7 @@ import lightning as L
 import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MeanSquaredError
 from torchmetrics.image import PeakSignalNoiseRatio
@@ -65,7 +66,7 @@ from vaezoo import compat
 from vaezoo.errors import VAEZooError
 from vaezoo.latents.base import Latent, LatentSample
 from vaezoo.latents.gaussian import DiagonalGaussian, GaussianLatent
-from vaezoo.models import hparams
+from vaezoo.models import groups, hparams
 from vaezoo.models import importance
 from vaezoo.models import running_sums
 from vaezoo.models import nonfinite
@@ -204,15 +205,17 @@ class VAE(L.LightningModule):
         max_skipped_fraction: With ``nonfinite: skip``, the largest fraction of an epoch's training
             batches that may be skipped (0.1: 50 of 500); one more stops the run with ``stop``'s error,
             since a run whose every batch is non-finite trains nothing. 1 never stops.
-        steps_per_call: Optimiser steps per Lightning training step, k. The DataModule hands over k
-            batches as one, and the model steps through them (manual optimisation), so Lightning's fixed
-            cost per step (about 1 ms of Python) is paid once per k optimiser steps: what makes small
-            models fast. ``global_step`` still counts optimiser steps, and logging, checkpoints, LR
-            schedules, the KL warm-up, the non-finite guard and the epoch means keep their meaning
-            (docs/performance.md). k must divide ``log_every_n_steps`` and the step intervals of the
-            checkpoint callbacks; gradient clipping, gradient accumulation, plateau schedulers and
-            ``limit_train_batches``/``val_check_interval`` in batches are refused with k > 1. 1: Lightning's
-            automatic optimisation, one step per training step.
+        steps_per_call: Optimiser steps per Lightning training step, k, or ``auto`` (the default). The
+            DataModule hands over k batches as one and the model steps through them (manual optimisation),
+            so Lightning's fixed cost per step (about 1 ms of Python) is paid once per k optimiser steps:
+            what makes small models fast. With the same seed and data, k steps train exactly as k = 1:
+            ``global_step`` counts optimiser steps, and logging, checkpoints, LR schedules, gradient
+            clipping, the KL warm-up, the non-finite guard and the epoch means keep their meaning. ``auto``
+            takes the largest k <= 10 that divides ``log_every_n_steps``, the checkpoints' step intervals
+            and ``max_steps`` (10 for the recipes), and 1 where groups would change a meaning: gradient
+            accumulation, ``limit_train_batches`` or ``val_check_interval`` other than 1.0, a plateau
+            scheduler, another DataModule, clipping under 16-mixed, or a callback with per-step hooks
+            vaezoo does not know (docs/performance.md). An explicit k > 1 is refused in those cases.
         compile: Compile the net with ``torch.compile`` when training starts (opt-in: compiling costs
             tens of seconds up front and pays off on long runs, mostly on GPUs).
         optimizer: The optimiser, e.g. ``{class_path: torch.optim.Adam, init_args: {lr: 0.001}}``.
@@ -231,7 +234,7 @@ class VAE(L.LightningModule):
         val_iw_samples: int | None = None,
         nonfinite: Literal["stop", "skip", "off"] = "stop",
         max_skipped_fraction: float = 0.1,
-        steps_per_call: int = 1,
+        steps_per_call: groups.StepsPerCall = "auto",
         compile: bool = False,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -265,10 +268,12 @@ class VAE(L.LightningModule):
             raise VAEZooError(f"max_skipped_fraction must lie in [0, 1] (a fraction of an epoch's batches), got "
                               f"{max_skipped_fraction}; e.g. --model.max_skipped_fraction 0.1.")
         self.nonfinite_guard = NonFiniteGuard(nonfinite, max_skipped_fraction)
-        if steps_per_call < 1:
-            raise VAEZooError(f"steps_per_call must be >= 1 optimiser steps per training step, got {steps_per_call}.")
-        self.steps_per_call = steps_per_call
-        self.automatic_optimization = steps_per_call == 1
+        self.steps_per_call = groups.check_request(steps_per_call)
+        # The k of this fit, chosen in on_fit_start (after Lightning's checks of automatic optimisation, which
+        # clipping passes; clipping is then done here). 1, and automatic optimisation, until then.
+        self.group_size = 1
+        self._resumed_group: tuple[int, int, int] | None = None  # (k, epoch, steps) of a checkpoint saved mid-epoch
+        self._fit_started = False
         self._sub_batch: int | None = None  # with k > 1: images per optimiser step (the DataModule's batch size)
         self._logging_step: int | None = None  # with k > 1: the step Lightning would log this optimiser step at
         self.kl_warmup_steps = self._check_kl_warmup(kl_warmup_steps)
@@ -524,12 +529,15 @@ class VAE(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.train_sums.start_epoch(self.current_epoch)
-        self.nonfinite_guard.start_epoch(self.trainer.num_training_batches)
+        batches = self.trainer.num_training_batches  # training steps: groups of k batches when k > 1
+        if self.group_size > 1:  # on_fit_start allows k > 1 only with vaezoo's loaders, whole epochs
+            batches = self.trainer.train_dataloader.sampler.batches  # type: ignore[union-attr]
+        self.nonfinite_guard.start_epoch(batches)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         every = self.trainer.log_every_n_steps
         # With k > 1 the group's end: checked every k steps (k divides log_every_n_steps, so at least as often).
-        if self.steps_per_call > 1 or (every and self.global_step % every == 0):  # metrics are read anyway
+        if self.group_size > 1 or (every and self.global_step % every == 0):  # metrics are read anyway
             self._check_nonfinite()
 
     def on_train_epoch_end(self) -> None:
@@ -538,7 +546,7 @@ class VAE(L.LightningModule):
         if means:
             # The means are already equal on every rank; sync_dist only keeps Lightning from warning.
             self.log_dict({f"train/{n}_epoch": m for n, m in means.items()}, on_epoch=True, sync_dist=True)
-        if self.steps_per_call > 1:  # Lightning steps the schedulers itself only with automatic optimisation
+        if self.group_size > 1:  # Lightning steps the schedulers itself only with automatic optimisation
             self._step_schedulers("epoch", self.current_epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -550,6 +558,7 @@ class VAE(L.LightningModule):
             checkpoint[running_sums.CHECKPOINT_KEY] = self.train_sums.state(
                 self.device, self.current_epoch, self._reduce()
             )
+            checkpoint[groups.CHECKPOINT_KEY] = self.group_size
 
     def _evaluate(self, x: Tensor, out: VAEOutput, terms: dict[str, Tensor], stage: str) -> None:
         """Update and log the validation or test metrics of one batch."""
@@ -581,48 +590,31 @@ class VAE(L.LightningModule):
             size = self.context("train").dataset_size
             if size is not None:
                 self.latent.check_data(size)
-            if self.steps_per_call > 1:
-                self._setup_groups()
+            self._fit_started = False  # k is chosen again at each fit's start
 
-    # ----- several optimiser steps per training step (steps_per_call > 1) ----------------------------
+    def teardown(self, stage: str) -> None:
+        if stage == "fit":  # back to one step per training step, as built, for whatever runs next
+            self.group_size, self.automatic_optimization, self._fit_started = 1, True, False
 
-    def _setup_groups(self) -> None:
-        """Check that every step interval keeps its meaning with groups of k steps; have the DataModule group."""
-        from vaezoo.data.base import ImageDataModule  # the data package imports the models' registry
+    # ----- several optimiser steps per training step (steps_per_call, vaezoo.models.groups) -------------
 
-        k, trainer = self.steps_per_call, self.trainer
-        datamodule = getattr(trainer, "datamodule", None)
-        if not isinstance(datamodule, ImageDataModule):
-            raise VAEZooError(f"steps_per_call {k} needs one of vaezoo's DataModules (it hands over {k} batches as "
-                              f"one); got {type(datamodule).__name__}. Use --model.steps_per_call 1 with it.")
-        intervals = {"--trainer.log_every_n_steps": trainer.log_every_n_steps}
-        for callback in trainer.checkpoint_callbacks:
-            every = compat.every_n_train_steps(callback)
-            if every:
-                intervals[f"{type(callback).__name__}(every_n_train_steps)"] = every
-        if trainer.max_steps > 0:
-            intervals["--trainer.max_steps"] = trainer.max_steps
-        bad = {name: n for name, n in intervals.items() if n % k}
-        if bad:
-            name, n = next(iter(bad.items()))
-            fits = max(d for d in range(1, k + 1) if all(v % d == 0 for v in intervals.values() if v))
-            raise VAEZooError(f"steps_per_call {k} does not divide {name} = {n}: a group of {k} optimiser steps "
-                              f"would step over it. Use --model.steps_per_call {fits} (divides every interval), "
-                              "or change the interval.")
-        counted = {"--trainer.limit_train_batches": trainer.limit_train_batches,
-                   "--trainer.val_check_interval": trainer.val_check_interval}
-        for name, value in counted.items():
-            if isinstance(value, int) and not isinstance(value, bool):
-                raise VAEZooError(f"{name} {value} counts batches, and with steps_per_call {k} a training step takes "
-                                  f"{k}: give it as a fraction of the epoch (e.g. 0.5), or use --model.steps_per_call 1.")
-        if any(config.reduce_on_plateau for config in trainer.lr_scheduler_configs):
-            raise VAEZooError(f"steps_per_call {k} steps the LR schedulers itself and not a ReduceLROnPlateau "
-                              "(which needs a monitored metric): use --model.steps_per_call 1 with it.")
-        datamodule.steps_per_call = k
-        self._sub_batch = datamodule.hparams.batch_size
-        # Lightning 2.6 warns that a step checkpoint under manual optimisation holds the weights after the
-        # optimiser step; so do those of automatic optimisation, and the checkpoint at step s holds s steps.
-        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization and every_n_train_steps")
+    def on_fit_start(self) -> None:
+        # The optimisers and schedulers are set up and the checkpoint is not yet restored: choose k now.
+        self.group_size = k = groups.choose(self.steps_per_call, self.trainer, self, self._resumed_group)
+        self.automatic_optimization = k == 1
+        self._fit_started = True
+        datamodule = self.trainer.datamodule
+        if hasattr(datamodule, "steps_per_call"):
+            datamodule.steps_per_call = k  # 1 resets a DataModule that an earlier fit grouped
+        if k > 1:
+            self._sub_batch = datamodule.hparams.batch_size
+            if unsafe := groups.unsafe_callbacks(self.trainer):
+                rank_zero_warn(f"steps_per_call {k}: the per-step hooks of {', '.join(unsafe)} run once per group "
+                               f"of {k} optimiser steps. Use --model.steps_per_call auto (1 with them) if they count "
+                               "steps.")
+            # Lightning 2.6 warns that a step checkpoint under manual optimisation holds the weights after the
+            # optimiser step; so do those of automatic optimisation, and the checkpoint at step s holds s steps.
+            warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization and every_n_train_steps")
 
     def _train_group(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """k optimiser steps on the k batches of ``batch`` (concatenated), as k training steps would make them."""
@@ -636,8 +628,11 @@ class VAE(L.LightningModule):
             if loss is not None:  # None: the non-finite guard skipped it, as a training step returning None
                 optimizer.zero_grad()
                 self.manual_backward(loss)
+                if self.trainer.gradient_clip_val:  # where automatic optimisation clips: before the step
+                    self.configure_gradient_clipping(optimizer, self.trainer.gradient_clip_val,
+                                                     self.trainer.gradient_clip_algorithm)
                 optimizer.step()
-                self._step_schedulers("step", batch_idx * self.steps_per_call + i)
+                self._step_schedulers("step", batch_idx * self.group_size + i)
         self._logging_step = None
         compat.count_batches(self.trainer, len(parts) - 1)  # Lightning counts the training step as one
 
@@ -661,7 +656,7 @@ class VAE(L.LightningModule):
         self._log_latent_activity("test")
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
-        if self.steps_per_call > 1:
+        if self.group_size > 1:
             return self._train_group(batch, batch_idx)
         return self._step(batch, "train")
 
@@ -699,6 +694,12 @@ class VAE(L.LightningModule):
             raise VAEZooError(_checkpoint_mismatch("; ".join(clash)))
         if running_sums.CHECKPOINT_KEY in checkpoint:
             self.train_sums.restore(checkpoint[running_sums.CHECKPOINT_KEY], self.global_rank)
+        compat.sync_step_counts(checkpoint)  # saved with another steps_per_call: global_step stays
+        inside = compat.mid_epoch(checkpoint)
+        self._resumed_group = None if inside is None else (int(checkpoint.get(groups.CHECKPOINT_KEY, 1)), *inside)
+        if self._fit_started and self._resumed_group and self._resumed_group[0] != self.group_size:
+            # Strategies that restore after setup: k was chosen before this checkpoint was read.
+            raise VAEZooError(groups.resumed_mid_epoch(self.group_size, self._resumed_group))
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):  # noqa: ANN201
         try:

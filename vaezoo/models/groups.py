@@ -1,0 +1,142 @@
+"""Several optimiser steps per Lightning training step (``--model.steps_per_call``): which k, and what refuses it.
+
+Lightning pays about 1 ms of Python per training step whatever the model. With k optimiser steps per training
+step (manual optimisation over k batches the DataModule hands over as one, as Keras' ``steps_per_execution``)
+that cost is paid once per k steps. A group of k must not change what any setting means, so:
+
+- every step interval (``log_every_n_steps``, a checkpoint's ``every_n_train_steps``, ``max_steps``) must be a
+  multiple of k: logging and checkpoints then fall where they fall with k = 1;
+- some settings have no exact meaning with groups (:func:`obstacles`): ``auto`` then takes k = 1, and an
+  explicit k > 1 is refused with the reason.
+
+``auto`` (the default) takes the largest k <= :data:`AUTO_MAX` that divides every interval, and 1 where any
+obstacle stands. With the recipes' intervals (50 and 200 steps) that is 10.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
+from vaezoo import compat
+from vaezoo.errors import VAEZooError
+
+if TYPE_CHECKING:
+    from vaezoo.models.base import VAE
+
+StepsPerCall = int | Literal["auto"]
+
+# The largest k that ``auto`` takes: past 10 the per-step cost left is under 1% of an MLP step, while a group's
+# batches are held at once (k x the batch's memory) and the progress bar moves in coarser steps.
+AUTO_MAX = 10
+
+# Hooks that run once per training step. With groups they would run once per k optimiser steps.
+STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward",
+              "on_before_optimizer_step", "on_before_zero_grad")
+
+# Callbacks whose per-step hooks keep their meaning with groups: the progress bars (they count training steps),
+# ModelCheckpoint (it reads global_step, which counts optimiser steps) and vaezoo's own.
+GROUP_SAFE: tuple[type[Callback], ...] = (ProgressBar, ModelCheckpoint)
+
+
+def intervals(trainer: L.Trainer) -> dict[str, int]:
+    """The step intervals that a group of k must not step over, by the option that sets each."""
+    found = {"--trainer.log_every_n_steps": trainer.log_every_n_steps}
+    for callback in trainer.checkpoint_callbacks:
+        if every := compat.every_n_train_steps(callback):
+            found[f"{type(callback).__name__}(every_n_train_steps)"] = every
+    if trainer.max_steps > 0:
+        found["--trainer.max_steps"] = trainer.max_steps
+    return {name: n for name, n in found.items() if n}
+
+
+def _group_safe(callback: Callback) -> bool:
+    if isinstance(callback, GROUP_SAFE) or type(callback).__module__.split(".")[0] == "vaezoo":
+        return True
+    return not any(is_overridden(hook, callback, parent=Callback) for hook in STEP_HOOKS)
+
+
+def obstacles(trainer: L.Trainer, module: VAE) -> list[str]:
+    """The settings of this fit under which k > 1 would not train exactly as k = 1, each with its option."""
+    from vaezoo.data.base import ImageDataModule  # the data package imports the models' registry
+    from vaezoo.models.base import VAE
+
+    found = []
+    datamodule = getattr(trainer, "datamodule", None)
+    if not isinstance(datamodule, ImageDataModule):
+        found.append(f"the DataModule {type(datamodule).__name__} is not one of vaezoo's (they hand over k batches as one)")
+    if trainer.accumulate_grad_batches != 1:
+        found.append(f"--trainer.accumulate_grad_batches {trainer.accumulate_grad_batches} (gradient accumulation)")
+    if trainer.gradient_clip_val and getattr(trainer.precision_plugin, "scaler", None) is not None:
+        found.append(f"--trainer.gradient_clip_val with --trainer.precision {trainer.precision} (clipping needs the "
+                     "loss scaler's unscaled gradients, which only automatic optimisation takes)")
+    for name, value in (("limit_train_batches", trainer.limit_train_batches),
+                        ("val_check_interval", trainer.val_check_interval)):
+        if value != 1.0:  # batch counts would count groups, and fractions of groups round to other steps
+            found.append(f"--trainer.{name} {value} (it would count groups of k batches, not batches)")
+    if any(config.reduce_on_plateau for config in trainer.lr_scheduler_configs):
+        found.append("a ReduceLROnPlateau scheduler (it steps on a monitored metric, which groups do not log per step)")
+    if len(trainer.optimizers) != 1:
+        found.append(f"{len(trainer.optimizers)} optimisers (groups step exactly one)")
+    for hook in ("training_step", "optimizer_step", "optimizer_zero_grad", *STEP_HOOKS):
+        if getattr(type(module), hook) is not getattr(VAE, hook):
+            found.append(f"{type(module).__name__}.{hook}, which the variant overrides (it would run once per group)")
+    return found
+
+
+def unsafe_callbacks(trainer: L.Trainer) -> list[str]:
+    """Callbacks whose per-step hooks would run once per group of k steps instead of once per step."""
+    return [type(c).__name__ for c in trainer.callbacks if not _group_safe(c)]  # type: ignore[attr-defined]
+
+
+# Where a checkpoint records the k it was saved with.
+CHECKPOINT_KEY = "vaezoo_steps_per_call"
+
+
+def resumed_mid_epoch(k: int, saved: tuple[int, int, int]) -> str:
+    """The error for resuming with k a checkpoint saved inside an epoch with another k."""
+    g, epoch, steps = saved
+    return (f"the checkpoint was saved {steps} training steps into epoch {epoch} with steps_per_call {g} (groups of {g} "
+            f"batches), and steps_per_call {k} would count that epoch's steps differently. Resume it with "
+            f"--model.steps_per_call {g} (auto does), or from a checkpoint saved at an epoch's end, where any k works.")
+
+
+def choose(request: StepsPerCall, trainer: L.Trainer, module: VAE, saved: tuple[int, int, int] | None = None) -> int:
+    """The k for this fit: ``request`` checked, or ``auto`` resolved (see the module's docstring).
+
+    Args:
+        saved: ``(k, epoch, steps)`` of a checkpoint being resumed that was saved inside an epoch: k must stay.
+    """
+    steps = intervals(trainer)
+    if saved is not None:
+        if request not in ("auto", saved[0]):
+            raise VAEZooError(resumed_mid_epoch(request, saved))  # type: ignore[arg-type]
+        request = saved[0]
+    if request == "auto":
+        if obstacles(trainer, module) or unsafe_callbacks(trainer):
+            return 1
+        return max(d for d in range(1, AUTO_MAX + 1) if all(n % d == 0 for n in steps.values()))
+    k = request
+    if k == 1:
+        return 1
+    if found := obstacles(trainer, module):
+        raise VAEZooError(f"steps_per_call {k} cannot keep the meaning of {found[0]}. Use --model.steps_per_call 1 "
+                          "(or auto, which takes 1 here), or drop that setting.")
+    if bad := {name: n for name, n in steps.items() if n % k}:
+        name, n = next(iter(bad.items()))
+        fits = max(d for d in range(1, k + 1) if all(v % d == 0 for v in steps.values()))
+        raise VAEZooError(f"steps_per_call {k} does not divide {name} = {n}: a group of {k} optimiser steps would "
+                          f"step over it. Use --model.steps_per_call {fits} (divides every interval), or auto, or "
+                          "change the interval.")
+    return k
+
+
+def check_request(request: Any) -> StepsPerCall:
+    """``request`` as a ``steps_per_call`` setting, or a VAEZooError naming the accepted values."""
+    if request == "auto" or (isinstance(request, int) and not isinstance(request, bool) and request >= 1):
+        return request
+    raise VAEZooError(f"steps_per_call must be auto or a whole number of optimiser steps >= 1 per training step, got "
+                      f"{request!r}; e.g. --model.steps_per_call auto.")
