@@ -139,6 +139,7 @@ class EpochTimer(L.Callback):
     """
 
     results: ClassVar[list[tuple[float, float, int]]] = []  # (wall s, cpu s, optimiser steps)
+    steps_per_call: ClassVar[list[int]] = []  # the k each vaezoo epoch ran with (auto's choice as users get it)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._wall, self._cpu, self._step = time.perf_counter(), time.process_time(), trainer.global_step
@@ -146,6 +147,7 @@ class EpochTimer(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         wall, cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
         EpochTimer.results.append((wall, cpu, trainer.global_step - self._step))
+        EpochTimer.steps_per_call.append(getattr(pl_module, "group_size", 1))
 
 
 def _take_result(expected_batches: int) -> tuple[float, float]:
@@ -189,23 +191,21 @@ def vaezoo_fit(args: list[str]) -> None:
         sys.argv = argv
 
 
-def run_vaezoo(recipe: Recipe, root: Path, n_batches: int, workdir: Path, k: int = 1,
+def run_vaezoo(recipe: Recipe, root: Path, n_batches: int, workdir: Path, k: int | None = None,
                total_batches: int = 0) -> tuple[float, float]:
-    """One epoch through ``vaezoo fit --config configs/<name>.yaml`` (``--model.steps_per_call k``)."""
+    """One epoch through ``vaezoo fit --config <recipe>`` as users run it (``steps_per_call`` auto), or with
+    ``--model.steps_per_call k``. The epoch is the whole training split (``mnist_root`` cut it to the subset):
+    a batch count in ``limit_train_batches`` would make auto take k = 1, so only the warm-up sets one."""
     run_dir = Path(tempfile.mkdtemp(dir=workdir))
-    if k == 1:
-        limit = ["--trainer.limit_train_batches", str(n_batches)]
-    else:  # batch counts are refused with k > 1 (they would count groups): the same batches as a fraction
-        if n_batches % k:
-            raise SystemExit(f"--steps-per-call {k} must divide the {n_batches} batches of the epoch: change --subset.")
-        groups = -(-total_batches // k)
-        limit = ["--trainer.limit_train_batches", repr((n_batches // k + 0.5) / groups), "--model.steps_per_call", str(k)]
+    limit = ["--trainer.limit_train_batches", str(n_batches)] if n_batches < total_batches else []
     vaezoo_fit([
         "--config", str(recipe.path),
         "--data.root", str(root),
+        "--data.download", "false",  # the cut files are not the official ones
         "--trainer.max_epochs", "1",
         "--trainer.limit_val_batches", "0",
         *limit,
+        *(["--model.steps_per_call", str(k)] if k is not None else []),
         "--trainer.enable_model_summary", "false",
         "--trainer.default_root_dir", str(run_dir),
         "--trainer.logger.init_args.save_dir", str(run_dir),
@@ -262,15 +262,23 @@ def run_plain(
 # ----- driver ----------------------------------------------------------------------------------------
 
 
-def mnist_root(data_dir: Path, workdir: Path) -> Path:
-    """A writable root holding a copy of the official MNIST .gz files (vaezoo extracts them there)."""
+def mnist_root(data_dir: Path, workdir: Path, train_images: int | None = None) -> Path:
+    """A writable root holding MNIST's four files, extracted, with the first ``train_images`` of the official
+    training file (all 60,000 when None): vaezoo (``--data.download false``) reads them as they are."""
+    import gzip
+
     root = workdir / "data"
-    (root / "MNIST" / "raw").mkdir(parents=True)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
     for name in MNIST_FILES:
         src = data_dir / "MNIST" / "raw" / name
         if not src.is_file():
             raise SystemExit(f"{src} is missing: pass --data-dir to a folder holding MNIST/raw/*.gz.")
-        shutil.copyfile(src, root / "MNIST" / "raw" / name)
+        data = gzip.decompress(src.read_bytes())
+        if name.startswith("train") and train_images is not None:
+            header, item = (16, 28 * 28) if "images" in name else (8, 1)  # idx3 / idx1: magic, count (, rows, cols)
+            data = data[:4] + train_images.to_bytes(4, "big") + data[8:header] + data[header : header + train_images * item]
+        (raw / name.removesuffix(".gz")).write_bytes(data)
     return root
 
 
@@ -278,7 +286,7 @@ def _train_split(recipe: Recipe, root: Path) -> tuple[Tensor, Tensor]:
     """vaezoo's training split (the same images the vaezoo run trains on): uint8 images and positions."""
     from vaezoo.data import MNISTDataModule
 
-    dm = MNISTDataModule(root=str(root), download=True, batch_size=recipe.batch_size)
+    dm = MNISTDataModule(root=str(root), download=False, batch_size=recipe.batch_size)
     dm.prepare_data()
     dm.setup("fit")
     loader = dm.train_dataloader()
@@ -322,22 +330,25 @@ def is_peers_mlp(recipe: Recipe) -> bool:
 
 
 def bench(
-    recipe: Recipe, root: Path, subset: int | None, repeats: int, workdir: Path, pythae: str | None = None,
+    recipe: Recipe, subset: int | None, repeats: int, workdir: Path, pythae: str | None = None,
     data_dir: Path = DEFAULT_DATA, steps_per_call: int = 0,
 ) -> dict[str, list[tuple[float, float]]]:
+    if subset is not None and (subset < recipe.batch_size or subset % recipe.batch_size):
+        raise SystemExit(f"--subset {subset} must be a multiple of {recipe.name}'s batch size {recipe.batch_size} "
+                         "(the epoch is then whole batches in every loop).")
+    # The training file cut to the subset and the validation images (5,000, the DataModule's default val_size):
+    # every loop's epoch is then the whole training split, as users run vaezoo.
+    root = mnist_root(data_dir, workdir / recipe.name, None if subset is None else subset + 5000)
     images, train_indices = _train_split(recipe, root)
-    n_images = len(images) if subset is None else min(subset, len(images))
-    n_batches = n_images // recipe.batch_size
-    if n_batches < 1:
-        raise SystemExit(f"--subset {subset} is smaller than one batch of {recipe.batch_size}.")
+    n_batches = len(images) // recipe.batch_size
+    total = -(-len(images) // recipe.batch_size)  # vaezoo's epoch, a last smaller batch included
     indices = train_indices.tolist()
     runners: dict[str, Callable[[int], tuple[float, float]]] = {
         "bare": lambda n: run_bare(recipe, images, n),
-        "vaezoo": lambda n: run_vaezoo(recipe, root, n, workdir),
+        "vaezoo": lambda n: run_vaezoo(recipe, root, n, workdir, None, total),
         "plain": lambda n: run_plain(recipe, root, indices, n, workdir),
     }
-    if steps_per_call > 1:
-        total = len(images) // recipe.batch_size
+    if steps_per_call:
         runners[f"vaezoo k={steps_per_call}"] = lambda n: run_vaezoo(recipe, root, n, workdir, steps_per_call, total)
     if pythae and is_peers_mlp(recipe):
         runners["pythae"] = lambda n: run_pythae(pythae, data_dir, recipe, n)
@@ -374,32 +385,37 @@ def report(name: str, times: dict[str, list[tuple[float, float]]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", default=["mnist_mlp", "mnist_conv"], help="config stems under configs/, or paths of config files")
-    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per loop (median reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed epochs per loop (median reported)")
     parser.add_argument("--subset", type=int, default=None, help="images per epoch (default: the whole 55k split)")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 0 keeps torch's default")
+    parser.add_argument("--threads", type=int, nargs="+", default=[0, 1],
+                        help="torch.set_num_threads, one pass each; 0 is torch's default (what users get)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="folder holding MNIST/raw/*.gz")
     parser.add_argument("--steps-per-call", type=int, default=0, help="adds vaezoo with --model.steps_per_call K "
-                        "to every round (K must divide the epoch's batches and the recipe's step intervals)")
+                        "to every round, beside vaezoo as users run it (auto); e.g. 1 shows what auto gains")
     parser.add_argument("--pythae-python", help="a Python with pythae installed: adds pythae's TrainingPipeline to "
                         "every round of the configs that use its default MLP (benchmarks/mlp512.yaml)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    default_threads = torch.get_num_threads()
     recipes = [Recipe(name) for name in args.configs]
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="vaezoo_bench_") as tmp, quiet_named_warnings():
-        workdir = Path(tmp)
-        root = mnist_root(args.data_dir, workdir)
-        for recipe in recipes:
-            results[recipe.name] = bench(recipe, root, args.subset, args.repeats, workdir, args.pythae_python,
-                                         args.data_dir, args.steps_per_call)
+    summary = []
+    for threads in args.threads:
+        torch.set_num_threads(threads or default_threads)
+        results = {}
+        with tempfile.TemporaryDirectory(prefix="vaezoo_bench_") as tmp, quiet_named_warnings():
+            workdir = Path(tmp)
+            for recipe in recipes:
+                EpochTimer.steps_per_call.clear()
+                results[recipe.name] = bench(recipe, args.subset, args.repeats, workdir, args.pythae_python,
+                                             args.data_dir, args.steps_per_call)
+                auto = EpochTimer.steps_per_call[len(EpochTimer.steps_per_call) // 2]  # a timed run's (not the warm-up's)
+                results[recipe.name + f" (vaezoo: steps_per_call auto took {auto})"] = results.pop(recipe.name)
+        label = f"{torch.get_num_threads()} thread(s)" + (" (torch's default)" if not threads else "")
+        summary.append(f"\n--- {label} ---\n" + "\n".join(report(name, times) for name, times in results.items()))
     print("\n" + "=" * 72)
-    print(f"One training epoch, medians of {args.repeats} alternated runs, {torch.get_num_threads()} thread(s); "
-          "target (issue 15): vaezoo <= 1.10x bare")
-    for name, times in results.items():
-        print(report(name, times))
+    print(f"One training epoch, medians of {args.repeats} alternated runs; target (issue 15): vaezoo <= 1.10x bare")
+    print("\n".join(summary))
     return 0
 
 

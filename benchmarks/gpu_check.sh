@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check for vaezoo, under 8 minutes: cifar_conv images/s at 32-true, 16-mixed and bf16-mixed, with
-# --model.steps_per_call 1 and 10, against a bare PyTorch loop on the same GPU, peak GPU memory, and (with 2+ GPUs) a 2-process DDP fit.
+# --model.steps_per_call 1 and auto (the default), against a bare PyTorch loop on the same GPU, peak GPU memory, and (with 2+ GPUs) a 2-process DDP fit.
 #
 #   bash benchmarks/gpu_check.sh                     # random CIFAR-shaped images
 #   bash benchmarks/gpu_check.sh --data-dir DIR      # real CIFAR-10 under DIR (official or cifar-10/ mirror)

@@ -87,22 +87,26 @@ class GPUTimer(L.Callback):
     """Seconds of the training batches ``warmup`` to ``warmup + steps - 1``, and the peak memory."""
 
     results: ClassVar[list[tuple[float, int]]] = []  # (seconds, peak bytes)
-    warmup = 10
+    warmup = 10  # optimiser steps
     steps = 50
+    k = 1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _reset_peak()
+        k = GPUTimer.k = getattr(pl_module, "group_size", 1)  # a training step makes k optimiser steps
+        if GPUTimer.warmup % k or GPUTimer.steps % k:
+            raise SystemExit(f"steps_per_call {k} must divide --warmup {GPUTimer.warmup} and --steps {GPUTimer.steps}.")
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: object, batch_idx: int
     ) -> None:
-        if batch_idx == GPUTimer.warmup:
+        if batch_idx == GPUTimer.warmup // GPUTimer.k:
             _sync()
             self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: object, batch: object,
                            batch_idx: int) -> None:
-        if batch_idx == GPUTimer.warmup + GPUTimer.steps - 1:
+        if batch_idx == (GPUTimer.warmup + GPUTimer.steps) // GPUTimer.k - 1:
             _sync()
             GPUTimer.results.append((time.perf_counter() - self._t0, _peak()))
 
@@ -162,17 +166,13 @@ def run_bare(r: dict, images: Tensor, precision: str, warmup: int, steps: int) -
     return time.perf_counter() - t0, _peak()
 
 
-def run_vaezoo(precision: str, data_args: list[str], warmup: int, steps: int, workdir: Path, k: int = 1,
-               total_batches: int = 0) -> tuple[float, int]:
-    """``vaezoo fit`` on one GPU with ``--model.steps_per_call k``: (seconds of ``steps`` optimiser steps, peak bytes)."""
+def run_vaezoo(precision: str, data_args: list[str], warmup: int, steps: int, workdir: Path,
+               k: str = "auto") -> tuple[float, int]:
+    """``vaezoo fit`` on one GPU, ``warmup + steps`` optimiser steps (``--trainer.max_steps``), with
+    ``--model.steps_per_call k`` (``auto``: the default, as users run it): (seconds of ``steps`` steps, peak bytes)."""
     from vaezoo.cli import main
 
-    if warmup % k or steps % k:
-        raise SystemExit(f"--steps-per-call {k} must divide --warmup {warmup} and --steps {steps}.")
-    GPUTimer.warmup, GPUTimer.steps = warmup // k, steps // k  # the timer counts training steps: groups of k
-    groups = (warmup + steps) // k
-    # Batch counts are refused with k > 1 (they would count groups): the same groups as a fraction of the epoch.
-    limit = str(groups) if k == 1 else repr((groups + 0.5) / -(-total_batches // k))
+    GPUTimer.warmup, GPUTimer.steps = warmup, steps
     run_dir = tempfile.mkdtemp(dir=workdir)
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it sees this script's own argv
     try:
@@ -181,7 +181,7 @@ def run_vaezoo(precision: str, data_args: list[str], warmup: int, steps: int, wo
             "--trainer.accelerator", "gpu" if DEVICE == "cuda" else "cpu", "--trainer.devices", "1",
             "--trainer.precision", precision,
             "--trainer.max_epochs", "1",
-            "--trainer.limit_train_batches", limit, "--model.steps_per_call", str(k),
+            "--trainer.max_steps", str(warmup + steps), "--model.steps_per_call", k,
             "--trainer.limit_val_batches", "0",
             "--trainer.enable_model_summary", "false",
             "--trainer.default_root_dir", run_dir,
@@ -202,15 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="runs per loop and precision (median reported)")
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
     parser.add_argument("--data-dir", type=Path, default=None, help="folder holding CIFAR-10; default: random images")
-    parser.add_argument("--steps-per-call", type=int, nargs="+", default=[1, 10],
-                        help="vaezoo's --model.steps_per_call values to run (each must divide --warmup and --steps)")
+    parser.add_argument("--steps-per-call", nargs="+", default=["1", "auto"],
+                        help="vaezoo's --model.steps_per_call values to run: auto (the default, which takes the largest "
+                             "k <= 10 dividing 50, 200 and warmup + steps) and numbers that divide --warmup and --steps")
     parser.add_argument("--cpu-dry-run", action="store_true",
                         help="run the same code on the CPU (2 + 2 steps, one repeat) to check the script, not to time")
     args = parser.parse_args(argv)
     global DEVICE
     if args.cpu_dry_run:
         DEVICE, args.warmup, args.steps, args.repeats = "cpu", 2, 2, 1
-        args.steps_per_call = [k for k in args.steps_per_call if k <= 2] or [1]
+        args.steps_per_call = [k for k in args.steps_per_call if k in ("1", "2", "auto")] or ["1"]
     elif not torch.cuda.is_available():
         print("no GPU")
         return 0
@@ -236,23 +237,22 @@ def main(argv: list[str] | None = None) -> int:
           f"{'random' if args.data_dir is None else 'CIFAR-10'} images", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="vaezoo_gpu_") as tmp:
-        total = len(images) // r["batch_size"]
         for precision in args.precisions:
             res: dict[str, list[tuple[float, int]]] = {"bare": [], **{f"vaezoo k={k}": [] for k in args.steps_per_call}}
             for _ in range(args.repeats):  # alternated: bare, then vaezoo at every k
                 res["bare"].append(run_bare(r, images, precision, args.warmup, args.steps))
                 for k in args.steps_per_call:
-                    res[f"vaezoo k={k}"].append(run_vaezoo(precision, data_args, args.warmup, args.steps, Path(tmp), k, total))
+                    res[f"vaezoo k={k}"].append(run_vaezoo(precision, data_args, args.warmup, args.steps, Path(tmp), k))
             ips = {name: args.steps * r["batch_size"] / statistics.median(s for s, _ in v) for name, v in res.items()}
             peak = {name: max(m for _, m in v) / 2**20 for name, v in res.items()}
             for name in res:
                 if name != "bare":
                     rows.append((precision, name, ips["bare"], ips[name], ips[name] / ips["bare"], peak["bare"], peak[name]))
             print(f"[{precision}] " + ", ".join(f"{name} {v:.0f} img/s" for name, v in ips.items()), flush=True)
-    print(f"\n{'precision':<11} {'loop':<12} {'bare img/s':>10} {'vaezoo img/s':>12} {'vaezoo/bare':>11} "
+    print(f"\n{'precision':<11} {'loop':<14} {'bare img/s':>10} {'vaezoo img/s':>12} {'vaezoo/bare':>11} "
           f"{'bare peak MiB':>13} {'vaezoo peak MiB':>15}")
     for precision, name, bare, vz, ratio, pb, pv in rows:
-        print(f"{precision:<11} {name:<12} {bare:>10.0f} {vz:>12.0f} {ratio:>11.2f} {pb:>13.0f} {pv:>15.0f}")
+        print(f"{precision:<11} {name:<14} {bare:>10.0f} {vz:>12.0f} {ratio:>11.2f} {pb:>13.0f} {pv:>15.0f}")
     return 0
 
 

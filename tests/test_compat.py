@@ -138,7 +138,11 @@ def test_a_checkpoint_holds_both_step_counts_and_its_epoch_progress(tmp_path, au
 
     trainer = L.Trainer(max_epochs=1, limit_train_batches=5, limit_val_batches=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(Model())
+    model = Model()
+    trainer.fit(model)
+    compat.sync_live_step_counts(trainer)  # in the trainer too: global_step stays when the kind changes after a fit
+    model.automatic_optimization = not automatic
+    assert trainer.global_step == 5, f"{UPDATE}: the fit loop's optimiser progress"
     checkpoint = torch.load(tmp_path / "mid.ckpt", weights_only=False)
     assert compat.mid_epoch(checkpoint) == (0, 3), f"{UPDATE}: epoch_loop.batch_progress"
     fit_loop = checkpoint["loops"]["fit_loop"]

@@ -236,3 +236,18 @@ def test_a_run_killed_in_the_middle_of_a_group_resumes_exactly(tiny_mnist, tmp_p
     a = torch.load(whole / "runs" / "mnist_mlp" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(killed / "runs" / "mnist_mlp" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
     assert (a["global_step"], a["epoch"]) == (b["global_step"], b["epoch"]) == (12, 1)
+
+
+def test_the_progress_bar_counts_optimiser_steps(tiny_mnist, tmp_path: Path, capsys) -> None:
+    """With k = 2 an epoch of 6 batches is 3 training steps; the bar still reads 6 steps of 6."""
+    root, _ = tiny_mnist
+    code, out, err = run_cli(
+        "fit", "--config", str(REPO / "configs" / "mnist_mlp.yaml"), "--data.root", str(root),
+        "--data.batch_size", "8", "--data.val_size", "16", "--data.binarize", "static", "--trainer.max_epochs", "1",
+        "--trainer.log_every_n_steps", "2", "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--images.every_n_epochs", "0", "--model.iw_samples", "null", "--model.steps_per_call", "2", capsys=capsys,
+    )
+    assert code == 0, err
+    bars = [line for line in (out + err).replace("\r", "\n").splitlines() if line.startswith("Epoch 0")]
+    assert bars and all("/6 " in line for line in bars), bars
+    assert any(" 6/6 " in line for line in bars) and not any("/3 " in line for line in bars), bars

@@ -24,7 +24,8 @@ installed versions and fails when one changes underneath, naming this module.
 7. The loops' progress in a checkpoint, when ``steps_per_call`` changes between a run and its resumption.
    ``global_step`` is read from the automatic optimisation's step count or the manual one's, whichever the
    module uses, and a checkpoint holds both: :func:`sync_step_counts` makes them agree, so that a run saved
-   with k = 1 resumes at its step with k > 1 and back. :func:`mid_epoch` reads whether it was saved inside an
+   with k = 1 resumes at its step with k > 1 and back; :func:`sync_live_step_counts` does the same in a
+   trainer, so that ``global_step`` stays when a module goes back to automatic optimisation after a fit. :func:`mid_epoch` reads whether it was saved inside an
    epoch (its batch progress counts training steps, groups with k > 1, so k must not change there).
 """
 
@@ -147,6 +148,18 @@ def sync_step_counts(checkpoint: dict[str, Any]) -> None:
     for part in ("total", "current"):
         for field in ("ready", "completed"):
             automatic[part][field] = manual[part][field] = max(automatic[part][field], manual[part][field])
+
+
+def sync_live_step_counts(trainer: Trainer) -> None:
+    """The same as :func:`sync_step_counts`, in ``trainer``'s fit loop."""
+    loop = trainer.fit_loop.epoch_loop
+    automatic, manual = loop.automatic_optimization.optim_progress.optimizer.step, loop.manual_optimization.optim_step_progress
+    for part in ("total", "current"):
+        a, m = getattr(automatic, part), getattr(manual, part)
+        for field in ("ready", "completed"):
+            n = max(getattr(a, field), getattr(m, field))
+            setattr(a, field, n)
+            setattr(m, field, n)
 
 
 def mid_epoch(checkpoint: dict[str, Any]) -> tuple[int, int] | None:

@@ -1,4 +1,5 @@
-"""The CLI's default progress bar: Lightning's TQDM bar, redrawn every N batches or every second."""
+"""The CLI's default progress bar: Lightning's TQDM bar, redrawn every N batches or every second, counting
+optimiser steps (also when a training step makes several, ``steps_per_call``)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ class TimedProgressBar(TQDMProgressBar):
             end of every batch.
         process_position: Lines to offset the bars by, as Lightning's.
         leave: Keep a finished epoch's bar on the screen, as Lightning's.
+
+    With ``steps_per_call`` k > 1 the training bar still counts optimiser steps (batches), not training
+    steps: it moves by k at each training step, up to the epoch's batches.
     """
 
     def __init__(
@@ -49,11 +53,22 @@ class TimedProgressBar(TQDMProgressBar):
         if bar.n == n:  # drawn, here or by the parent's every-N rule
             self._drawn_at = now
 
+    @property
+    def total_train_batches(self) -> int | float:
+        """The epoch's optimiser steps: its batches, also when a training step takes a group of them."""
+        total = super().total_train_batches
+        if _group_size(self.trainer) > 1:  # whole epochs of vaezoo's loader (vaezoo.models.groups)
+            return self.trainer.train_dataloader.sampler.batches  # type: ignore[union-attr]
+        return total
+
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        self._catch_up(self.train_progress_bar, batch_idx + 1, lambda: self.get_metrics(trainer, pl_module))
+        k = _group_size(trainer)
+        # The parent draws at n = batch_idx + 1: give it the optimiser steps done, as one step per batch would.
+        n = batch_idx + 1 if k == 1 else min((batch_idx + 1) * k, int(self.train_progress_bar.total or 0))
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, n - 1)
+        self._catch_up(self.train_progress_bar, n, lambda: self.get_metrics(trainer, pl_module))
 
     def on_validation_batch_end(
         self,
@@ -90,3 +105,8 @@ class TimedProgressBar(TQDMProgressBar):
     ) -> None:
         super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
         self._catch_up(self.predict_progress_bar, batch_idx + 1)
+
+
+def _group_size(trainer: L.Trainer) -> int:
+    """Optimiser steps per training step in this fit (``VAE.group_size``; 1 for other modules)."""
+    return int(getattr(trainer.lightning_module, "group_size", 1))

@@ -57,7 +57,7 @@ import lightning as L
 import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MeanSquaredError
 from torchmetrics.image import PeakSignalNoiseRatio
@@ -536,8 +536,8 @@ class VAE(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         every = self.trainer.log_every_n_steps
-        # With k > 1 the group's end: checked every k steps (k divides log_every_n_steps, so at least as often).
-        if self.group_size > 1 or (every and self.global_step % every == 0):  # metrics are read anyway
+        # With k > 1 this is a group's end; k divides log_every_n_steps, so the same logging steps come by.
+        if every and self.global_step % every == 0:  # metrics are read anyway
             self._check_nonfinite()
 
     def on_train_epoch_end(self) -> None:
@@ -593,7 +593,8 @@ class VAE(L.LightningModule):
             self._fit_started = False  # k is chosen again at each fit's start
 
     def teardown(self, stage: str) -> None:
-        if stage == "fit":  # back to one step per training step, as built, for whatever runs next
+        if stage == "fit" and self.group_size > 1:  # back to one step per training step, for whatever runs next
+            compat.sync_live_step_counts(self.trainer)  # global_step reads the automatic count from now on
             self.group_size, self.automatic_optimization, self._fit_started = 1, True, False
 
     # ----- several optimiser steps per training step (steps_per_call, vaezoo.models.groups) -------------
@@ -603,6 +604,8 @@ class VAE(L.LightningModule):
         self.group_size = k = groups.choose(self.steps_per_call, self.trainer, self, self._resumed_group)
         self.automatic_optimization = k == 1
         self._fit_started = True
+        if self.steps_per_call == "auto" and self._resumed_group is None:
+            rank_zero_info(groups.describe_auto(k, self.trainer, self))
         datamodule = self.trainer.datamodule
         if hasattr(datamodule, "steps_per_call"):
             datamodule.steps_per_call = k  # 1 resets a DataModule that an earlier fit grouped
@@ -625,14 +628,16 @@ class VAE(L.LightningModule):
         for i, part in enumerate(parts):
             self._logging_step = first + i
             loss = self._step(part, "train")
+            optimizer.zero_grad()
             if loss is not None:  # None: the non-finite guard skipped it, as a training step returning None
-                optimizer.zero_grad()
                 self.manual_backward(loss)
                 if self.trainer.gradient_clip_val:  # where automatic optimisation clips: before the step
                     self.configure_gradient_clipping(optimizer, self.trainer.gradient_clip_val,
                                                      self.trainer.gradient_clip_algorithm)
-                optimizer.step()
-                self._step_schedulers("step", batch_idx * self.group_size + i)
+            # Also after a skipped batch, as automatic optimisation does: no gradients, so no update, and
+            # global_step and the step schedulers count it.
+            optimizer.step()
+            self._step_schedulers("step", batch_idx * self.group_size + i)
         self._logging_step = None
         compat.count_batches(self.trainer, len(parts) - 1)  # Lightning counts the training step as one
 

@@ -134,6 +134,16 @@ def choose(request: StepsPerCall, trainer: L.Trainer, module: VAE, saved: tuple[
     return k
 
 
+def describe_auto(k: int, trainer: L.Trainer, module: VAE) -> str:
+    """What ``auto`` took, and why, for the log."""
+    if k > 1:
+        return f"steps_per_call auto: {k} optimiser steps per training step."
+    why = obstacles(trainer, module) or [f"callback {name} has per-step hooks" for name in unsafe_callbacks(trainer)]
+    return (f"steps_per_call auto: 1 optimiser step per training step, because of {why[0]}." if why else
+            f"steps_per_call auto: 1 optimiser step per training step: no k <= {AUTO_MAX} divides every step "
+            f"interval ({', '.join(f'{n} = {v}' for n, v in intervals(trainer).items())}).")
+
+
 def check_request(request: Any) -> StepsPerCall:
     """``request`` as a ``steps_per_call`` setting, or a VAEZooError naming the accepted values."""
     if request == "auto" or (isinstance(request, int) and not isinstance(request, bool) and request >= 1):
