@@ -158,3 +158,29 @@ def test_a_checkpoint_holds_both_step_counts_and_its_epoch_progress(tmp_path, au
     torch.save(checkpoint, tmp_path / "synced.ckpt")
     resumed.fit(other, ckpt_path=tmp_path / "synced.ckpt")
     assert resumed.global_step == 5, UPDATE
+
+
+def test_a_step_past_lightnings_wrappers_is_counted() -> None:
+    """compat 8: ``counted_step`` steps the torch optimiser and counts it in ``global_step`` as
+    ``LightningOptimizer.step`` does under manual optimisation."""
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    class Model(BoringModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+            optimizer = self.optimizers()
+            optimizer.zero_grad()
+            before = self.layer.weight.detach().clone()
+            self.step(batch).backward()
+            compat.counted_step(optimizer)
+            assert not self.layer.weight.detach().equal(before)  # it stepped
+            return None
+
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Model())
+    assert trainer.global_step == 4, f"{UPDATE}: LightningOptimizer._on_before_step / _on_after_step"

@@ -251,3 +251,71 @@ def test_the_progress_bar_counts_optimiser_steps(tiny_mnist, tmp_path: Path, cap
     bars = [line for line in (out + err).replace("\r", "\n").splitlines() if line.startswith("Epoch 0")]
     assert bars and all("/6 " in line for line in bars), bars
     assert any(" 6/6 " in line for line in bars) and not any("/3 " in line for line in bars), bars
+
+
+class CountOptimizerSteps(L.Callback):
+    """Counts ``on_before_optimizer_step`` calls (a hook Lightning's wrappers call) and records whether the groups
+    stepped past them."""
+
+    calls = 0
+    direct: list[bool] = []
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:  # noqa: ANN001
+        CountOptimizerSteps.calls += 1
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        CountOptimizerSteps.direct.append(pl_module._direct)
+
+
+class RecordDirect(L.Callback):
+    direct: list[bool] = []
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        RecordDirect.direct.append(pl_module._direct)
+
+
+def test_groups_step_past_lightnings_wrappers_only_where_nothing_hooks_them(tiny_mnist, tmp_path: Path, capsys) -> None:
+    """Without a hook of theirs, groups call backward() and the optimiser's step() directly (the equality tests
+    above run that path); a callback with on_before_optimizer_step gets it at every optimiser step."""
+    root, _ = tiny_mnist
+    fit(root, tmp_path / "plain", 2, capsys, "--trainer.callbacks+=tests.test_steps_per_call.RecordDirect")
+    assert RecordDirect.direct == [True]
+    CountOptimizerSteps.calls, CountOptimizerSteps.direct = 0, []
+    run = fit(root, tmp_path / "hooked", 2, capsys, "--trainer.callbacks+=tests.test_steps_per_call.CountOptimizerSteps")
+    assert CountOptimizerSteps.direct == [False]
+    assert CountOptimizerSteps.calls == final_state(run)["global_step"] == 12
+
+
+@pytest.mark.parametrize(("seconds", "k"), [(0.001, 10), (0.05, 5), (0.3, 1)])
+def test_auto_keeps_a_group_under_a_quarter_second(tiny_mnist, tmp_path: Path, capsys, monkeypatch, seconds, k) -> None:
+    """Groups pay only where a step is short: with the recipe's intervals (50 and 200), a 50 ms step gives
+    k = 5 (5 x 50 ms = 0.25 s), and a conv net's 300 ms CPU step k = 1."""
+    from vaezoo.models import groups as groups_module
+
+    monkeypatch.setattr(groups_module, "step_seconds", lambda module, batch_size, trainer: seconds)
+    root, _ = tiny_mnist
+    run = fit(root, tmp_path, "auto", capsys, "--trainer.log_every_n_steps", "50")
+    assert final_state(run)["vaezoo_steps_per_call"] == k
+
+
+def test_the_step_estimate_leaves_no_trace(tiny_mnist) -> None:
+    """step_seconds runs the net without changing the random stream, the weights, BatchNorm's statistics or the mode."""
+    from functools import partial
+
+    from vaezoo.models import VAE
+    from vaezoo.models import groups as groups_module
+    from vaezoo.nets.conv import ConvNet
+
+    model = VAE(net=partial(ConvNet), latent_dim=4)
+    model.train()
+    state = {name: t.clone() for name, t in model.state_dict().items()}
+
+    class Trainer:
+        precision_plugin = L.Trainer(logger=False, enable_progress_bar=False).precision_plugin
+
+    torch.manual_seed(3)
+    seconds = groups_module.step_seconds(model, 8, Trainer())
+    after = torch.rand(4)
+    torch.manual_seed(3)
+    assert torch.equal(after, torch.rand(4)) and seconds > 0 and model.training
+    assert all(torch.equal(t, state[name]) for name, t in model.state_dict().items())

@@ -27,6 +27,11 @@ installed versions and fails when one changes underneath, naming this module.
    with k = 1 resumes at its step with k > 1 and back; :func:`sync_live_step_counts` does the same in a
    trainer, so that ``global_step`` stays when a module goes back to automatic optimisation after a fit. :func:`mid_epoch` reads whether it was saved inside an
    epoch (its batch progress counts training steps, groups with k > 1, so k must not change there).
+8. Counting an optimiser step taken past Lightning's wrappers. Under manual optimisation ``global_step`` counts
+   ``LightningOptimizer.step`` calls through the private ``_on_before_step`` / ``_on_after_step`` the manual
+   loop sets on it. With k > 1 and nothing that Lightning's wrappers would call (no hook overridden, plain
+   precision, one device, no profiler), vaezoo steps the torch optimiser itself, about 0.3 ms a step faster,
+   and :func:`counted_step` keeps the count.
 """
 
 from __future__ import annotations
@@ -170,3 +175,14 @@ def mid_epoch(checkpoint: dict[str, Any]) -> tuple[int, int] | None:
     if not progress or progress.get("is_last_batch") or not progress["current"]["processed"]:
         return None
     return int(checkpoint.get("epoch", 0)), int(progress["current"]["processed"])
+
+
+# ----- 8. counting an optimiser step taken past Lightning's wrappers ---------------------------------------
+
+
+def counted_step(optimizer: Any) -> None:
+    """Step the torch optimiser inside a ``LightningOptimizer`` and count the step as its ``step()`` does (without
+    the precision plugin's closure and hooks, which the caller has ruled out)."""
+    optimizer._on_before_step()
+    optimizer.optimizer.step()
+    optimizer._on_after_step()

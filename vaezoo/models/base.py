@@ -274,6 +274,7 @@ class VAE(L.LightningModule):
         self.group_size = 1
         self._resumed_group: tuple[int, int, int] | None = None  # (k, epoch, steps) of a checkpoint saved mid-epoch
         self._fit_started = False
+        self._direct = False  # with k > 1: backward and step without Lightning's wrappers (groups.direct_steps)
         self._sub_batch: int | None = None  # with k > 1: images per optimiser step (the DataModule's batch size)
         self._logging_step: int | None = None  # with k > 1: the step Lightning would log this optimiser step at
         self.kl_warmup_steps = self._check_kl_warmup(kl_warmup_steps)
@@ -601,16 +602,16 @@ class VAE(L.LightningModule):
 
     def on_fit_start(self) -> None:
         # The optimisers and schedulers are set up and the checkpoint is not yet restored: choose k now.
-        self.group_size = k = groups.choose(self.steps_per_call, self.trainer, self, self._resumed_group)
+        self.group_size = k = groups.choose(self.steps_per_call, self.trainer, self, self._resumed_group, rank_zero_info)
         self.automatic_optimization = k == 1
         self._fit_started = True
-        if self.steps_per_call == "auto" and self._resumed_group is None:
-            rank_zero_info(groups.describe_auto(k, self.trainer, self))
+
         datamodule = self.trainer.datamodule
         if hasattr(datamodule, "steps_per_call"):
             datamodule.steps_per_call = k  # 1 resets a DataModule that an earlier fit grouped
         if k > 1:
             self._sub_batch = datamodule.hparams.batch_size
+            self._direct = groups.direct_steps(self.trainer, self)  # past Lightning's wrappers where they add nothing
             if unsafe := groups.unsafe_callbacks(self.trainer):
                 rank_zero_warn(f"steps_per_call {k}: the per-step hooks of {', '.join(unsafe)} run once per group "
                                f"of {k} optimiser steps. Use --model.steps_per_call auto (1 with them) if they count "
@@ -630,13 +631,19 @@ class VAE(L.LightningModule):
             loss = self._step(part, "train")
             optimizer.zero_grad()
             if loss is not None:  # None: the non-finite guard skipped it, as a training step returning None
-                self.manual_backward(loss)
+                if self._direct:
+                    loss.backward()
+                else:
+                    self.manual_backward(loss)
                 if self.trainer.gradient_clip_val:  # where automatic optimisation clips: before the step
                     self.configure_gradient_clipping(optimizer, self.trainer.gradient_clip_val,
                                                      self.trainer.gradient_clip_algorithm)
             # Also after a skipped batch, as automatic optimisation does: no gradients, so no update, and
             # global_step and the step schedulers count it.
-            optimizer.step()
+            if self._direct:
+                compat.counted_step(optimizer)
+            else:
+                optimizer.step()
             self._step_schedulers("step", batch_idx * self.group_size + i)
         self._logging_step = None
         compat.count_batches(self.trainer, len(parts) - 1)  # Lightning counts the training step as one

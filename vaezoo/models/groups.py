@@ -9,16 +9,25 @@ that cost is paid once per k steps. A group of k must not change what any settin
 - some settings have no exact meaning with groups (:func:`obstacles`): ``auto`` then takes k = 1, and an
   explicit k > 1 is refused with the reason.
 
-``auto`` (the default) takes the largest k <= :data:`AUTO_MAX` that divides every interval, and 1 where any
-obstacle stands. With the recipes' intervals (50 and 200 steps) that is 10.
+``auto`` (the default) takes the largest k <= :data:`AUTO_MAX` that divides every interval and keeps a group
+under :data:`GROUP_SECONDS` (one step's time estimated at the start, :func:`step_seconds`), and 1 where any
+obstacle stands. Groups only pay where a step is short: on small nets (the MNIST MLPs: k = 10 with the
+recipes' intervals of 50 and 200 steps), not on a conv net's 0.1-1 s CPU step, where a group would only
+make the progress bar and Ctrl-C answer later.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from vaezoo import compat
@@ -32,6 +41,8 @@ StepsPerCall = int | Literal["auto"]
 # The largest k that ``auto`` takes: past 10 the per-step cost left is under 1% of an MLP step, while a group's
 # batches are held at once (k x the batch's memory) and the progress bar moves in coarser steps.
 AUTO_MAX = 10
+# The longest group ``auto`` makes, in seconds: the progress bar, Ctrl-C and SIGTERM answer at a group's end.
+GROUP_SECONDS = 0.25
 
 # Hooks that run once per training step. With groups they would run once per k optimiser steps.
 STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward",
@@ -104,11 +115,38 @@ def resumed_mid_epoch(k: int, saved: tuple[int, int, int]) -> str:
             f"--model.steps_per_call {g} (auto does), or from a checkpoint saved at an epoch's end, where any k works.")
 
 
-def choose(request: StepsPerCall, trainer: L.Trainer, module: VAE, saved: tuple[int, int, int] | None = None) -> int:
+def step_seconds(module: VAE, batch_size: int, trainer: L.Trainer) -> float:
+    """About how long one training step of ``module`` takes, in seconds: 3 x its forward pass on one batch of random
+    images (the backward pass costs about two forwards), the best of 3 timings, without gradients, in eval mode
+    (no BatchNorm statistics move) and with the random state restored, so training is as if it never ran."""
+    device = module.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    training, best = module.training, float("inf")
+    module.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), \
+                trainer.precision_plugin.forward_context():
+            x = torch.rand(batch_size, *module.image_shape, device=device)
+            if module.dtype in (torch.float16, torch.bfloat16, torch.float64):  # a true-precision run's inputs
+                x = x.to(module.dtype)
+            for _ in range(3):  # the first also creates the kernels
+                sync()
+                start = time.perf_counter()
+                module.decode(module.latent(module.net.encoder(x), 1).point)  # predict's path, for any variant
+                sync()
+                best = min(best, time.perf_counter() - start)
+    finally:
+        module.train(training)
+    return 3 * best
+
+
+def choose(request: StepsPerCall, trainer: L.Trainer, module: VAE, saved: tuple[int, int, int] | None = None,
+           note: Callable[[str], None] = lambda line: None) -> int:
     """The k for this fit: ``request`` checked, or ``auto`` resolved (see the module's docstring).
 
     Args:
         saved: ``(k, epoch, steps)`` of a checkpoint being resumed that was saved inside an epoch: k must stay.
+        note: Takes the line that says what ``auto`` took and why.
     """
     steps = intervals(trainer)
     if saved is not None:
@@ -116,9 +154,9 @@ def choose(request: StepsPerCall, trainer: L.Trainer, module: VAE, saved: tuple[
             raise VAEZooError(resumed_mid_epoch(request, saved))  # type: ignore[arg-type]
         request = saved[0]
     if request == "auto":
-        if obstacles(trainer, module) or unsafe_callbacks(trainer):
-            return 1
-        return max(d for d in range(1, AUTO_MAX + 1) if all(n % d == 0 for n in steps.values()))
+        k, line = auto(trainer, module, steps)
+        note(line)
+        return k
     k = request
     if k == 1:
         return 1
@@ -134,14 +172,38 @@ def choose(request: StepsPerCall, trainer: L.Trainer, module: VAE, saved: tuple[
     return k
 
 
-def describe_auto(k: int, trainer: L.Trainer, module: VAE) -> str:
-    """What ``auto`` took, and why, for the log."""
-    if k > 1:
-        return f"steps_per_call auto: {k} optimiser steps per training step."
-    why = obstacles(trainer, module) or [f"callback {name} has per-step hooks" for name in unsafe_callbacks(trainer)]
-    return (f"steps_per_call auto: 1 optimiser step per training step, because of {why[0]}." if why else
-            f"steps_per_call auto: 1 optimiser step per training step: no k <= {AUTO_MAX} divides every step "
-            f"interval ({', '.join(f'{n} = {v}' for n, v in intervals(trainer).items())}).")
+# What Lightning's manual_backward and LightningOptimizer.step call besides backward() and step().
+WRAPPER_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+
+
+def direct_steps(trainer: L.Trainer, module: VAE) -> bool:
+    """Whether a group may call ``loss.backward()`` and the torch optimiser's ``step()`` itself: true when Lightning's
+    wrappers around them would add nothing but their cost (about 0.3 ms a step): no hook of theirs overridden by a
+    callback or the variant, full or bf16-mixed precision (no loss scaler), one device, no profiler."""
+    from vaezoo.models.base import VAE
+
+    precision = trainer.precision_plugin
+    plain = type(precision) is Precision or (type(precision) is MixedPrecision and precision.scaler is None)
+    hooks = any(is_overridden(hook, callback, parent=Callback) for callback in trainer.callbacks  # type: ignore[attr-defined]
+                for hook in WRAPPER_HOOKS)
+    overridden = any(getattr(type(module), hook) is not getattr(VAE, hook) for hook in (*WRAPPER_HOOKS, "backward"))
+    return (plain and type(trainer.strategy) is SingleDeviceStrategy and isinstance(trainer.profiler, PassThroughProfiler)
+            and not hooks and not overridden)
+
+
+def auto(trainer: L.Trainer, module: VAE, steps: dict[str, int]) -> tuple[int, str]:
+    """``auto``'s k for this fit, and a line for the log that says why."""
+    if why := obstacles(trainer, module) + [f"callback {name}, which has per-step hooks" for name in unsafe_callbacks(trainer)]:
+        return 1, f"steps_per_call auto: 1 optimiser step per training step, because of {why[0]}."
+    longest, timing = AUTO_MAX, ""
+    if not module.compile_net:  # a compiled net's first pass compiles: no estimate, and compiled steps are short
+        seconds = step_seconds(module, trainer.datamodule.hparams.batch_size, trainer)  # type: ignore[attr-defined]
+        seconds = float(trainer.strategy.broadcast(seconds))  # rank 0's: every process must take the same k
+        longest = max(1, min(AUTO_MAX, int(GROUP_SECONDS / max(seconds, 1e-9))))
+        timing = f"a step takes about {seconds * 1e3:.3g} ms, a group at most {GROUP_SECONDS:g} s"
+    k = max(d for d in range(1, longest + 1) if all(n % d == 0 for n in steps.values()))
+    fits = f"the largest that divides {', '.join(f'{n} = {v}' for n, v in steps.items())}"
+    return k, f"steps_per_call auto: {k} optimiser step(s) per training step ({'; '.join(filter(None, [timing, fits]))})."
 
 
 def check_request(request: Any) -> StepsPerCall:
