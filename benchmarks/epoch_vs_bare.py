@@ -27,7 +27,8 @@ machine's load hits all of them alike:
   ``training_step``, ``self.log("train_loss", loss, prog_bar=True)``, default Trainer.
 - ``pythae`` (with ``--pythae-python``, for ``benchmarks/mlp512.yaml``, pythae's own default MLP): pythae's
   ``TrainingPipeline`` in a Python that has pythae (benchmarks/pythae_epoch.py), one epoch timed by
-  its own epoch callbacks, on images binarised once (it has no per-step draw).
+  its own epoch callbacks, on images binarised once (it has no per-step draw); and ``vaezoo, static``:
+  vaezoo as users run it with ``--data.binarize static``, binarised once as pythae's are.
 
 What is timed: for the Lightning runs, from ``on_train_epoch_start`` to ``on_train_epoch_end`` of a
 small callback (validation is off; ModelCheckpoint and the logger's epoch-end writes run after that
@@ -200,7 +201,7 @@ def vaezoo_fit(args: list[str]) -> None:
 
 
 def run_vaezoo(recipe: Recipe, root: Path, n_batches: int, workdir: Path, k: int | None = None,
-               total_batches: int = 0) -> tuple[float, float]:
+               total_batches: int = 0, *extra: str) -> tuple[float, float]:
     """One epoch through ``vaezoo fit --config <recipe>`` as users run it (``steps_per_call`` auto), or with
     ``--model.steps_per_call k``. The epoch is the whole training split (``mnist_root`` cut it to the subset):
     a batch count in ``limit_train_batches`` would make auto take k = 1, so only the warm-up sets one."""
@@ -213,11 +214,12 @@ def run_vaezoo(recipe: Recipe, root: Path, n_batches: int, workdir: Path, k: int
         "--trainer.max_epochs", "1",
         "--trainer.limit_val_batches", "0",
         *limit,
-        *(["--model.steps_per_call", str(k)] if k is not None else []),
+        *(["--model.steps_per_call", str(k)] if k is not None and not limit else []),  # the warm-up: k = 1
         "--trainer.enable_model_summary", "false",
         "--trainer.default_root_dir", str(run_dir),
         "--trainer.logger.init_args.save_dir", str(run_dir),
         f"--trainer.callbacks+={EpochTimer.__module__}.EpochTimer",
+        *extra,
     ])
     shutil.rmtree(run_dir, ignore_errors=True)
     return _take_result(n_batches)
@@ -361,6 +363,8 @@ def bench(
         runners[f"vaezoo k={steps_per_call}"] = lambda n: run_vaezoo(recipe, root, n, workdir, steps_per_call, total)
     if pythae and is_peers_mlp(recipe):
         runners["pythae"] = lambda n: run_pythae(pythae, data_dir, recipe, n)
+        # pythae trains on images binarised once: vaezoo on the same footing (no draw per step) beside it.
+        runners["vaezoo, static"] = lambda n: run_vaezoo(recipe, root, n, workdir, None, total, "--data.binarize", "static")
     print(f"\n== {recipe.name}: {n_batches} batches of {recipe.batch_size} ({n_batches * recipe.batch_size} "
           f"images), {repeats} repeats, {torch.get_num_threads()} thread(s) ==", flush=True)
     for name, run in runners.items():  # warm-up, untimed (pythae warms up inside its own run)
@@ -380,12 +384,12 @@ def report(name: str, times: dict[str, list[tuple[float, float]]]) -> str:
     med = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
     lines = [
         f"{name}",
-        f"  {'loop':<13} {'wall median s':>13} {'wall min s':>10} {'cpu median s':>12} {'x bare: median (range over rounds)':>36}",
+        f"  {'loop':<14} {'wall median s':>13} {'wall min s':>10} {'cpu median s':>12} {'x bare: median (range over rounds)':>36}",
     ]
     for k, v in times.items():
         ratios = [w / b for (w, _), (b, _) in zip(v, times["bare"], strict=True)]
         lines.append(
-            f"  {k:<13} {med[k]:>13.2f} {min(w for w, _ in v):>10.2f} {statistics.median(c for _, c in v):>12.2f} "
+            f"  {k:<14} {med[k]:>13.2f} {min(w for w, _ in v):>10.2f} {statistics.median(c for _, c in v):>12.2f} "
             f"{statistics.median(ratios):>19.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
         )
     return "\n".join(lines)

@@ -211,8 +211,9 @@ class VAE(L.LightningModule):
             what makes small models fast. With the same seed and data, k steps train exactly as k = 1:
             ``global_step`` counts optimiser steps, and logging, checkpoints, LR schedules, gradient
             clipping, the KL warm-up, the non-finite guard and the epoch means keep their meaning. ``auto``
-            takes the largest k <= 10 that divides ``log_every_n_steps``, the checkpoints' step intervals
-            and ``max_steps`` (10 for the recipes), and 1 where groups would change a meaning: gradient
+            takes the largest k <= 25 that divides ``log_every_n_steps``, the checkpoints' step intervals
+            and ``max_steps`` and keeps a group under 0.25 s (25 for the MLP recipes), and 1 where groups
+            would change a meaning: gradient
             accumulation, ``limit_train_batches`` or ``val_check_interval`` other than 1.0, a plateau
             scheduler, another DataModule, clipping under 16-mixed, or a callback with per-step hooks
             vaezoo does not know (docs/performance.md). An explicit k > 1 is refused in those cases.

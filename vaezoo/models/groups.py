@@ -11,7 +11,7 @@ that cost is paid once per k steps. A group of k must not change what any settin
 
 ``auto`` (the default) takes the largest k <= :data:`AUTO_MAX` that divides every interval and keeps a group
 under :data:`GROUP_SECONDS` (one step's time estimated at the start, :func:`step_seconds`), and 1 where any
-obstacle stands. Groups only pay where a step is short: on small nets (the MNIST MLPs: k = 10 with the
+obstacle stands. Groups only pay where a step is short: on small nets (the MNIST MLPs: k = 25 with the
 recipes' intervals of 50 and 200 steps), not on a conv net's 0.1-1 s CPU step, where a group would only
 make the progress bar and Ctrl-C answer later.
 """
@@ -38,9 +38,9 @@ if TYPE_CHECKING:
 
 StepsPerCall = int | Literal["auto"]
 
-# The largest k that ``auto`` takes: past 10 the per-step cost left is under 1% of an MLP step, while a group's
-# batches are held at once (k x the batch's memory) and the progress bar moves in coarser steps.
-AUTO_MAX = 10
+# The largest k that ``auto`` takes. Lightning's ~1 ms per training step is then under 1% of even a 4 ms MLP
+# step; more would only hold more batches at once (k x a batch's memory) for no measurable gain.
+AUTO_MAX = 25
 # The longest group ``auto`` makes, in seconds: the progress bar, Ctrl-C and SIGTERM answer at a group's end.
 GROUP_SECONDS = 0.25
 
@@ -116,8 +116,9 @@ def resumed_mid_epoch(k: int, saved: tuple[int, int, int]) -> str:
 
 
 def step_seconds(module: VAE, batch_size: int, trainer: L.Trainer) -> float:
-    """About how long one training step of ``module`` takes, in seconds: 3 x its forward pass on one batch of random
-    images (the backward pass costs about two forwards), the best of 3 timings, without gradients, in eval mode
+    """About how long one training step of ``module`` takes, in seconds: 4 x its forward pass on one batch of random
+    images (the backward pass costs about two forwards, the optimiser step about one on small nets), the best of 3
+    timings, without gradients, in eval mode
     (no BatchNorm statistics move) and with the random state restored, so training is as if it never ran."""
     device = module.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -137,7 +138,7 @@ def step_seconds(module: VAE, batch_size: int, trainer: L.Trainer) -> float:
                 best = min(best, time.perf_counter() - start)
     finally:
         module.train(training)
-    return 3 * best
+    return 4 * best
 
 
 def choose(request: StepsPerCall, trainer: L.Trainer, module: VAE, saved: tuple[int, int, int] | None = None,
