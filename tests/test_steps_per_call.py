@@ -319,3 +319,25 @@ def test_the_step_estimate_leaves_no_trace(tiny_mnist) -> None:
     torch.manual_seed(3)
     assert torch.equal(after, torch.rand(4)) and seconds > 0 and model.training
     assert all(torch.equal(t, state[name]) for name, t in model.state_dict().items())
+
+
+def test_a_mid_epoch_checkpoint_of_another_k_scores_after_a_fit(tiny_mnist, tmp_path: Path) -> None:
+    """Only a fit resumes: after a k = 1 fit, the same module tests a checkpoint saved inside an epoch with k = 2."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from vaezoo import VAE
+    from vaezoo.data import MNISTDataModule
+
+    def trainer(k_dir: str, **kwargs) -> L.Trainer:  # noqa: ANN003
+        return L.Trainer(max_epochs=1, limit_val_batches=0, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path / k_dir, log_every_n_steps=2, **kwargs)
+
+    dm = MNISTDataModule(root=str(tiny_mnist[0]), val_size=16, batch_size=8, binarize="static")  # 6 steps an epoch
+    saver = ModelCheckpoint(every_n_train_steps=2, save_top_k=-1, dirpath=str(tmp_path / "ckpt"))
+    trainer("k2", callbacks=[saver]).fit(VAE(latent_dim=4, iw_samples=None, steps_per_call=2), dm)
+    mid = tmp_path / "ckpt" / "epoch=0-step=4.ckpt"
+    assert torch.load(mid, weights_only=False)["vaezoo_steps_per_call"] == 2
+    model = VAE(latent_dim=4, iw_samples=None, steps_per_call=1)
+    trainer("k1", enable_checkpointing=False).fit(model, dm)
+    results = trainer("k1", enable_checkpointing=False).test(model, dm, ckpt_path=mid)
+    assert results and "test/elbo" in results[0]

@@ -25,8 +25,9 @@ installed versions and fails when one changes underneath, naming this module.
    ``global_step`` is read from the automatic optimisation's step count or the manual one's, whichever the
    module uses, and a checkpoint holds both: :func:`sync_step_counts` makes them agree, so that a run saved
    with k = 1 resumes at its step with k > 1 and back; :func:`sync_live_step_counts` does the same in a
-   trainer, so that ``global_step`` stays when a module goes back to automatic optimisation after a fit. :func:`mid_epoch` reads whether it was saved inside an
-   epoch (its batch progress counts training steps, groups with k > 1, so k must not change there).
+   trainer, so that ``global_step`` stays when a module goes back to automatic optimisation after a fit.
+   :func:`mid_epoch` reads whether it was saved inside an epoch (its batch progress counts training steps,
+   groups with k > 1, so k must not change there).
 8. Counting an optimiser step taken past Lightning's wrappers. Under manual optimisation ``global_step`` counts
    ``LightningOptimizer.step`` calls through the private ``_on_before_step`` / ``_on_after_step`` the manual
    loop sets on it. With k > 1 and nothing that Lightning's wrappers would call (no hook overridden, plain
@@ -147,24 +148,26 @@ def sync_step_counts(checkpoint: dict[str, Any]) -> None:
     two, so ``global_step`` resumes right with either kind of optimisation. Counts only grow, and a run uses one
     kind at a time, so the larger is the run's."""
     fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
-    if _AUTOMATIC not in fit_loop or _MANUAL not in fit_loop:
-        return
-    automatic, manual = fit_loop[_AUTOMATIC]["optimizer"]["step"], fit_loop[_MANUAL]
-    for part in ("total", "current"):
-        for field in ("ready", "completed"):
-            automatic[part][field] = manual[part][field] = max(automatic[part][field], manual[part][field])
+    if _AUTOMATIC in fit_loop and _MANUAL in fit_loop:
+        _sync(fit_loop[_AUTOMATIC]["optimizer"]["step"], fit_loop[_MANUAL])
 
 
 def sync_live_step_counts(trainer: Trainer) -> None:
-    """The same as :func:`sync_step_counts`, in ``trainer``'s fit loop."""
+    """The same as :func:`sync_step_counts`, in ``trainer``'s fit loop (through the progress objects' own
+    ``state_dict`` / ``load_state_dict``, the form the checkpoint holds)."""
     loop = trainer.fit_loop.epoch_loop
     automatic, manual = loop.automatic_optimization.optim_progress.optimizer.step, loop.manual_optimization.optim_step_progress
+    states = automatic.state_dict(), manual.state_dict()
+    _sync(*states)
+    automatic.load_state_dict(states[0])
+    manual.load_state_dict(states[1])
+
+
+def _sync(automatic: dict[str, Any], manual: dict[str, Any]) -> None:
+    """Both step-progress states (``{"total": {"ready", "completed"}, "current": ...}``) to the larger count."""
     for part in ("total", "current"):
-        a, m = getattr(automatic, part), getattr(manual, part)
         for field in ("ready", "completed"):
-            n = max(getattr(a, field), getattr(m, field))
-            setattr(a, field, n)
-            setattr(m, field, n)
+            automatic[part][field] = manual[part][field] = max(automatic[part][field], manual[part][field])
 
 
 def mid_epoch(checkpoint: dict[str, Any]) -> tuple[int, int] | None:

@@ -11,6 +11,8 @@ import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from tqdm import tqdm
 
+from vaezoo.models import groups
+
 
 class TimedProgressBar(TQDMProgressBar):
     """Lightning's TQDM bar, redrawn every ``refresh_rate`` batches or once ``refresh_seconds`` have
@@ -56,10 +58,7 @@ class TimedProgressBar(TQDMProgressBar):
     @property
     def total_train_batches(self) -> int | float:
         """The epoch's optimiser steps: its batches, also when a training step takes a group of them."""
-        total = super().total_train_batches
-        if _group_size(self.trainer) > 1:  # whole epochs of vaezoo's loader (vaezoo.models.groups)
-            return self.trainer.train_dataloader.sampler.batches  # type: ignore[union-attr]
-        return total
+        return groups.epoch_batches(self.trainer)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int

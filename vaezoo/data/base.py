@@ -59,7 +59,7 @@ class ImageDataModule(lightning.LightningDataModule):
     image_shape: tuple[int, int, int]  # (C, H, W)
     num_classes: int
     name: str
-    # Training batches per training step: set by a model with steps_per_call > 1 (VAE.setup), never a setting.
+    # Training batches per training step: set by the model at each fit's start (VAE.on_fit_start), never a setting.
     steps_per_call: int = 1
 
     def __init__(

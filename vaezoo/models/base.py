@@ -213,10 +213,10 @@ class VAE(L.LightningModule):
             clipping, the KL warm-up, the non-finite guard and the epoch means keep their meaning. ``auto``
             takes the largest k <= 25 that divides ``log_every_n_steps``, the checkpoints' step intervals
             and ``max_steps`` and keeps a group under 0.25 s (25 for the MLP recipes), and 1 where groups
-            would change a meaning: gradient
-            accumulation, ``limit_train_batches`` or ``val_check_interval`` other than 1.0, a plateau
-            scheduler, another DataModule, clipping under 16-mixed, or a callback with per-step hooks
-            vaezoo does not know (docs/performance.md). An explicit k > 1 is refused in those cases.
+            would change a meaning: gradient accumulation, ``limit_train_batches`` or
+            ``val_check_interval`` other than 1.0, a plateau scheduler, another DataModule, clipping under
+            16-mixed, or a callback with per-step hooks vaezoo does not know (docs/performance.md). An
+            explicit k > 1 is refused in those cases.
         compile: Compile the net with ``torch.compile`` when training starts (opt-in: compiling costs
             tens of seconds up front and pays off on long runs, mostly on GPUs).
         optimizer: The optimiser, e.g. ``{class_path: torch.optim.Adam, init_args: {lr: 0.001}}``.
@@ -531,10 +531,7 @@ class VAE(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.train_sums.start_epoch(self.current_epoch)
-        batches = self.trainer.num_training_batches  # training steps: groups of k batches when k > 1
-        if self.group_size > 1:  # on_fit_start allows k > 1 only with vaezoo's loaders, whole epochs
-            batches = self.trainer.train_dataloader.sampler.batches  # type: ignore[union-attr]
-        self.nonfinite_guard.start_epoch(batches)
+        self.nonfinite_guard.start_epoch(groups.epoch_batches(self.trainer))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         every = self.trainer.log_every_n_steps
@@ -595,9 +592,12 @@ class VAE(L.LightningModule):
             self._fit_started = False  # k is chosen again at each fit's start
 
     def teardown(self, stage: str) -> None:
-        if stage == "fit" and self.group_size > 1:  # back to one step per training step, for whatever runs next
+        if stage != "fit":
+            return
+        self._fit_started = False  # a checkpoint read by a later test or predict is not resumed
+        if self.group_size > 1:  # back to one step per training step, for whatever runs next
             compat.sync_live_step_counts(self.trainer)  # global_step reads the automatic count from now on
-            self.group_size, self.automatic_optimization, self._fit_started = 1, True, False
+            self.group_size, self.automatic_optimization = 1, True
 
     # ----- several optimiser steps per training step (steps_per_call, vaezoo.models.groups) -------------
 

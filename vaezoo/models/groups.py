@@ -48,8 +48,9 @@ GROUP_SECONDS = 0.25
 STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward",
               "on_before_optimizer_step", "on_before_zero_grad")
 
-# Callbacks whose per-step hooks keep their meaning with groups: the progress bars (they count training steps),
-# ModelCheckpoint (it reads global_step, which counts optimiser steps) and vaezoo's own.
+# Callbacks whose per-step hooks keep their meaning with groups: the progress bars (only a display: vaezoo's counts
+# optimiser steps, Lightning's training steps), ModelCheckpoint (it reads global_step, which counts optimiser
+# steps) and vaezoo's own.
 GROUP_SAFE: tuple[type[Callback], ...] = (ProgressBar, ModelCheckpoint)
 
 
@@ -62,6 +63,19 @@ def intervals(trainer: L.Trainer) -> dict[str, int]:
     if trainer.max_steps > 0:
         found["--trainer.max_steps"] = trainer.max_steps
     return {name: n for name, n in found.items() if n}
+
+
+def largest_fit(steps: dict[str, int], up_to: int) -> int:
+    """The largest k <= ``up_to`` that divides every interval of ``steps`` (1 always does)."""
+    return max(d for d in range(1, up_to + 1) if all(n % d == 0 for n in steps.values()))
+
+
+def epoch_batches(trainer: L.Trainer) -> int | float:
+    """The training batches, that is optimiser steps, of an epoch. Lightning counts training steps, which are
+    groups with k > 1; those run only whole epochs of vaezoo's loader (:func:`obstacles`), which counts batches."""
+    if getattr(trainer.lightning_module, "group_size", 1) > 1:
+        return trainer.train_dataloader.sampler.batches  # type: ignore[union-attr]
+    return trainer.num_training_batches
 
 
 def _group_safe(callback: Callback) -> bool:
@@ -118,8 +132,8 @@ def resumed_mid_epoch(k: int, saved: tuple[int, int, int]) -> str:
 def step_seconds(module: VAE, batch_size: int, trainer: L.Trainer) -> float:
     """About how long one training step of ``module`` takes, in seconds: 4 x its forward pass on one batch of random
     images (the backward pass costs about two forwards, the optimiser step about one on small nets), the best of 3
-    timings, without gradients, in eval mode
-    (no BatchNorm statistics move) and with the random state restored, so training is as if it never ran."""
+    timings, without gradients, in eval mode (no BatchNorm statistics move) and with the random state restored,
+    so training is as if it never ran."""
     device = module.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     training, best = module.training, float("inf")
@@ -166,7 +180,7 @@ def choose(request: StepsPerCall, trainer: L.Trainer, module: VAE, saved: tuple[
                           "(or auto, which takes 1 here), or drop that setting.")
     if bad := {name: n for name, n in steps.items() if n % k}:
         name, n = next(iter(bad.items()))
-        fits = max(d for d in range(1, k + 1) if all(v % d == 0 for v in steps.values()))
+        fits = largest_fit(steps, k)
         raise VAEZooError(f"steps_per_call {k} does not divide {name} = {n}: a group of {k} optimiser steps would "
                           f"step over it. Use --model.steps_per_call {fits} (divides every interval), or auto, or "
                           "change the interval.")
@@ -180,16 +194,17 @@ WRAPPER_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer
 def direct_steps(trainer: L.Trainer, module: VAE) -> bool:
     """Whether a group may call ``loss.backward()`` and the torch optimiser's ``step()`` itself: true when Lightning's
     wrappers around them would add nothing but their cost (about 0.3 ms a step): no hook of theirs overridden by a
-    callback or the variant, full or bf16-mixed precision (no loss scaler), one device, no profiler."""
+    callback or the variant, full or bf16-mixed precision (no loss scaler), one device, no profiler. Called with
+    k > 1 only, so :func:`obstacles` has already ruled out a variant's own hooks (:data:`STEP_HOOKS` holds
+    :data:`WRAPPER_HOOKS`); its ``backward`` hook is left to check."""
     from vaezoo.models.base import VAE
 
     precision = trainer.precision_plugin
     plain = type(precision) is Precision or (type(precision) is MixedPrecision and precision.scaler is None)
     hooks = any(is_overridden(hook, callback, parent=Callback) for callback in trainer.callbacks  # type: ignore[attr-defined]
                 for hook in WRAPPER_HOOKS)
-    overridden = any(getattr(type(module), hook) is not getattr(VAE, hook) for hook in (*WRAPPER_HOOKS, "backward"))
     return (plain and type(trainer.strategy) is SingleDeviceStrategy and isinstance(trainer.profiler, PassThroughProfiler)
-            and not hooks and not overridden)
+            and not hooks and type(module).backward is VAE.backward)
 
 
 def auto(trainer: L.Trainer, module: VAE, steps: dict[str, int]) -> tuple[int, str]:
@@ -202,7 +217,7 @@ def auto(trainer: L.Trainer, module: VAE, steps: dict[str, int]) -> tuple[int, s
         seconds = float(trainer.strategy.broadcast(seconds))  # rank 0's: every process must take the same k
         longest = max(1, min(AUTO_MAX, int(GROUP_SECONDS / max(seconds, 1e-9))))
         timing = f"a step takes about {seconds * 1e3:.3g} ms, a group at most {GROUP_SECONDS:g} s"
-    k = max(d for d in range(1, longest + 1) if all(n % d == 0 for n in steps.values()))
+    k = largest_fit(steps, longest)
     fits = f"the largest that divides {', '.join(f'{n} = {v}' for n, v in steps.items())}"
     return k, f"steps_per_call auto: {k} optimiser step(s) per training step ({'; '.join(filter(None, [timing, fits]))})."
 
