@@ -66,7 +66,7 @@ from vaezoo import compat
 from vaezoo.errors import VAEZooError
 from vaezoo.latents.base import Latent, LatentSample
 from vaezoo.latents.gaussian import DiagonalGaussian, GaussianLatent
-from vaezoo.models import groups, hparams
+from vaezoo.models import fused, groups, hparams
 from vaezoo.models import importance
 from vaezoo.models import running_sums
 from vaezoo.models import nonfinite
@@ -739,6 +739,10 @@ class VAE(L.LightningModule):
         if any(float(group["lr"]) <= 0 for group in optimizer.param_groups):  # torch takes 0: nothing would train
             lr = optimizer.param_groups[0]["lr"]
             raise VAEZooError(f"the learning rate must be > 0, got {lr}; e.g. --model.optimizer.lr 0.001.")
+        built, optimizer = optimizer, fused.prefer_fused(optimizer, self.attached_trainer)
+        if optimizer is not built and self.attached_trainer is not None:
+            rank_zero_info(f"optimizer: {type(optimizer).__name__} with torch's fused kernel (the same update in one "
+                           "kernel; set the optimizer's fused or foreach to choose: vaezoo.models.fused)")
         if self.lr_scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
