@@ -13,6 +13,8 @@ in turn:
   tensor in host memory and copied to the GPU each step, as vaezoo's loader does.
 - ``vaezoo``: ``vaezoo fit --config configs/cifar_conv.yaml --trainer.precision P`` on one GPU
   (validation off, one epoch of ``warmup + steps`` batches, the config's logger into a temp folder).
+  vaezoo steps Adam with torch's fused kernel in 32-true and bf16-mixed (not under 16-mixed's scaler;
+  ``vaezoo.models.fused``); the bare loop steps the config's optimiser as written, as a user's loop would.
 
 Timed: the ``--steps`` steps after ``--warmup`` untimed ones, between two ``torch.cuda.synchronize``.
 Peak memory: ``torch.cuda.max_memory_allocated`` over the whole run (weights, Adam state,

@@ -8,6 +8,7 @@ config's optimiser is kept untouched.
 
 from __future__ import annotations
 
+import copy
 import functools
 from pathlib import Path
 
@@ -172,3 +173,23 @@ def test_a_fit_trains_with_the_fused_kernel_and_says_so(tiny_mnist, tmp_path: Pa
     assert group["fused"] is None and group["foreach"] is True
     saved = yaml.safe_load((tmp_path / "b" / "mnist_mlp" / "version_0" / "config.yaml").read_text())
     assert saved["model"]["init_args"]["optimizer"]["init_args"]["foreach"] is True
+
+
+def test_a_checkpoint_goes_on_with_the_kernel_it_was_trained_with() -> None:
+    # An older vaezoo's checkpoint holds the multi-tensor kernel's state; resumed, its param groups say foreach.
+    a, b = params(), params()
+    old, new = torch.optim.Adam(a, lr=0.1), prefer_fused(torch.optim.Adam(b, lr=0.1))
+    for p in a:
+        p.grad = torch.ones_like(p)
+    old.step()
+    with torch.no_grad():
+        for x, y in zip(a, b, strict=True):
+            y.copy_(x)
+    new.load_state_dict(copy.deepcopy(old.state_dict()))  # as from a file: no tensor shared with `old`
+    assert [g["fused"] for g in new.param_groups] == [None]
+    for x, y in zip(a, b, strict=True):
+        x.grad, y.grad = torch.full_like(x, 0.5), torch.full_like(y, 0.5)
+    old.step()
+    new.step()
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)  # the same kernel: bit for bit
