@@ -1,29 +1,36 @@
-"""Training images/s of ``cifar_conv`` on one GPU: vaezoo's Trainer against a bare loop, per precision.
+"""Training images/s on one GPU, vaezoo's Trainer against a bare loop, per recipe and precision.
 
-    python benchmarks/gpu_throughput.py                       # synthetic CIFAR-shaped data
-    python benchmarks/gpu_throughput.py --data-dir ../shared/data --steps 100
+    python benchmarks/gpu_throughput.py                       # random images of each recipe's shape
+    python benchmarks/gpu_throughput.py --configs cifar_conv --data-dir ../shared/data
 
-Called by ``benchmarks/gpu_check.sh``. For each precision (32-true, 16-mixed, bf16-mixed) it runs,
-in turn:
+Called by ``benchmarks/gpu_check.sh``. Two recipes: ``cifar_conv`` (a conv net, a step of milliseconds)
+and ``mnist_mlp`` (a small MLP, a step of a fraction of a millisecond on a GPU, where Lightning's fixed
+~1 ms of Python per training step would dominate: what ``steps_per_call`` is for). For each precision
+(32-true, 16-mixed, bf16-mixed) it runs, in turn:
 
-- ``bare``: a PyTorch loop written here with the config's net (``vaezoo.nets.ConvNet``), latent
-  size, optimiser and batch size; the ELBO with vaezoo's ``DiscretizedLogistic`` likelihood (kept in
-  fp32 under autocast, as vaezoo does) and the analytic KL; ``torch.autocast`` for the mixed
-  precisions, plus a ``GradScaler`` for 16-mixed. Batches are indexed out of the uint8 training
-  tensor in host memory and copied to the GPU each step, as vaezoo's loader does.
-- ``vaezoo``: ``vaezoo fit --config configs/cifar_conv.yaml --trainer.precision P`` on one GPU
-  (validation off, one epoch of ``warmup + steps`` batches, the config's logger into a temp folder).
-  vaezoo steps Adam with torch's fused kernel in 32-true and bf16-mixed (not under 16-mixed's scaler;
-  ``vaezoo.models.fused``); the bare loop steps the config's optimiser as written, as a user's loop would.
+- ``bare``: a PyTorch loop written here with the config's net, latent size, optimiser (as the config
+  writes it) and batch size; the ELBO with the config's vaezoo likelihood (``DiscretizedLogistic`` or
+  ``Bernoulli``, kept in fp32 under autocast, as vaezoo does) and the analytic KL; ``torch.autocast`` for
+  the mixed precisions, plus a ``GradScaler`` for 16-mixed. Batches are indexed out of the uint8 training
+  tensor in host memory and copied to the GPU each step, as vaezoo's loader does; MNIST is binarised on
+  the GPU each step (``1[u < p]``), as vaezoo does.
+- ``bare, vz ops``: the same loop with the optimiser built as vaezoo builds it (torch's fused Adam where
+  the config leaves the kernel open and no GradScaler runs, ``vaezoo.models.fused``). vaezoo's ratio to
+  this loop is the framework's own cost.
+- ``vaezoo k=K``: ``vaezoo fit --config configs/<recipe>.yaml --trainer.precision P
+  --model.steps_per_call K`` on one GPU, K = 1 and ``auto`` (the default) by default (validation off,
+  ``warmup + steps`` optimiser steps through ``--trainer.max_steps``, the config's logger into a temp
+  folder). ``auto`` takes the largest k <= 25 that divides 50, 200 and ``warmup + steps``: 10 for
+  cifar_conv's 10 + 50 steps, 25 for mnist_mlp's 50 + 500.
 
-Timed: the ``--steps`` steps after ``--warmup`` untimed ones, between two ``torch.cuda.synchronize``.
+Timed: the ``steps`` steps after ``warmup`` untimed ones, between two ``torch.cuda.synchronize``.
 Peak memory: ``torch.cuda.max_memory_allocated`` over the whole run (weights, Adam state,
 activations), reset before each run.
 
-Data: random uint8 images of CIFAR-10's shape by default (throughput does not depend on the
-pixels, and nothing needs to be decoded); ``--data-dir`` reads the real CIFAR-10 from that folder
-(official batches or the JPEG mirror in ``cifar-10/``; set ``XDG_CACHE_HOME`` to keep the decoded
-cache somewhere else than ``~/.cache/vaezoo``).
+Data: random uint8 images of the recipe's shape by default (throughput does not depend on the pixels,
+and nothing needs to be decoded or read); ``--data-dir`` reads the real CIFAR-10 for cifar_conv (official
+batches or the JPEG mirror in ``cifar-10/``; set ``XDG_CACHE_HOME`` to keep the decoded cache somewhere
+else than ``~/.cache/vaezoo``).
 """
 
 from __future__ import annotations
@@ -43,12 +50,15 @@ import yaml
 from torch import Tensor
 
 from vaezoo.data.base import ImageDataModule
-from vaezoo.likelihoods import DiscretizedLogistic
-from vaezoo.registry import NETS
+from vaezoo.data.mnist import MNISTDataModule
+from vaezoo.models.fused import prefer_fused
+from vaezoo.registry import LIKELIHOODS, NETS
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "cifar_conv.yaml"
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
+# Per recipe: (warm-up, timed) optimiser steps. Both are multiples of the k that auto takes (10 and 25), and
+# the timed part is long enough to time on a GPU.
+STEPS = {"cifar_conv": (10, 50), "mnist_mlp": (50, 500)}
 DEVICE = "cuda"  # "cpu" only for --cpu-dry-run, which checks this script on a machine without a GPU
 
 
@@ -68,6 +78,12 @@ def _peak() -> int:
     return torch.cuda.max_memory_allocated() if DEVICE == "cuda" else 0
 
 
+def _random_images(n: int, shape: tuple[int, int, int], seed: int) -> tuple[Tensor, Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=generator), \
+        torch.randint(0, 10, (n,), generator=generator)
+
+
 class RandomCIFAR(ImageDataModule):
     """CIFAR-10-shaped random uint8 images (50,000 train, 10,000 test), the same on every process."""
 
@@ -79,16 +95,24 @@ class RandomCIFAR(ImageDataModule):
         pass  # nothing to download
 
     def _load(self, train: bool) -> tuple[Tensor, Tensor]:
-        n = 50_000 if train else 10_000
-        generator = torch.Generator().manual_seed(0 if train else 1)
-        images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator)
-        return images, torch.randint(0, 10, (n,), generator=generator)
+        return _random_images(50_000 if train else 10_000, self.image_shape, 0 if train else 1)
+
+
+class RandomMNIST(MNISTDataModule):
+    """MNIST-shaped random uint8 images (60,000 train, 10,000 test), binarised as MNIST's ``binarize`` says."""
+
+    def _prepare(self) -> None:
+        pass  # nothing to download
+
+    def _load(self, train: bool) -> tuple[Tensor, Tensor]:
+        return _random_images(60_000 if train else 10_000, (1, 28, 28), 0 if train else 1)
 
 
 class GPUTimer(L.Callback):
     """Seconds of the training batches ``warmup`` to ``warmup + steps - 1``, and the peak memory."""
 
     results: ClassVar[list[tuple[float, int]]] = []  # (seconds, peak bytes)
+    steps_per_call_aware = True  # its batch hooks read the group's k: auto groups with it (vaezoo.models.groups)
     warmup = 10  # optimiser steps
     steps = 50
     k = 1
@@ -113,34 +137,50 @@ class GPUTimer(L.Callback):
             GPUTimer.results.append((time.perf_counter() - self._t0, _peak()))
 
 
-def recipe() -> dict:
-    """The cifar_conv config's model and data settings."""
-    config = yaml.safe_load(CONFIG.read_text())
+def recipe(name: str) -> dict:
+    """The settings of ``configs/<name>.yaml`` that the bare loop shares with vaezoo."""
+    path = REPO / "configs" / f"{name}.yaml"
+    config = yaml.safe_load(path.read_text())
     model = config["model"]["init_args"]
-    if model.get("likelihood") != "logistic":
-        raise SystemExit(f"{CONFIG}: expected the logistic likelihood, got {model.get('likelihood')!r}.")
+    data = config["data"]
     net = model["net"]
     opt = model.get("optimizer", {"class_path": "torch.optim.Adam"})
     module, _, cls = opt["class_path"].rpartition(".")
+    likelihood = LIKELIHOODS.get(model.get("likelihood", "bernoulli"))()
+    mnist = data["class_path"] == "mnist"
+    if not mnist and data["class_path"] != "cifar10":
+        raise SystemExit(f"{path}: this benchmark covers the MNIST and CIFAR-10 recipes, not {data['class_path']}.")
     return {
+        "name": name,
+        "path": path,
+        "image_shape": (1, 28, 28) if mnist else (3, 32, 32),
+        "binarize": data.get("init_args", {}).get("binarize", "dynamic") if mnist else None,
+        "random_data": f"{RandomMNIST.__module__}.{'RandomMNIST' if mnist else 'RandomCIFAR'}",
+        "likelihood": likelihood,
         "latent_dim": model["latent_dim"],
         "net_cls": NETS.get(net if isinstance(net, str) else net["class_path"]),
         "net_args": {} if isinstance(net, str) else dict(net.get("init_args", {})),
         "opt_cls": getattr(__import__(module, fromlist=[cls]), cls),
         "opt_args": dict(opt.get("init_args", {})),
-        "batch_size": config["data"].get("init_args", {}).get("batch_size", 128),
+        "batch_size": data.get("init_args", {}).get("batch_size", 128),
         "seed": config.get("seed_everything", 0),
     }
 
 
-def run_bare(r: dict, images: Tensor, precision: str, warmup: int, steps: int) -> tuple[float, int]:
-    """The bare loop on the GPU: (seconds of ``steps`` steps, peak bytes)."""
+def run_bare(r: dict, images: Tensor, precision: str, warmup: int, steps: int,
+             vaezoo_ops: bool = False) -> tuple[float, int]:
+    """The bare loop on the GPU: (seconds of ``steps`` steps, peak bytes). ``vaezoo_ops``: the optimiser as vaezoo
+    builds it (fused where the config leaves the kernel open and no GradScaler runs)."""
     device = torch.device(DEVICE)
     torch.manual_seed(r["seed"])
-    likelihood = DiscretizedLogistic()
-    net = r["net_cls"]((3, 32, 32), r["latent_dim"], 3 * likelihood.params_per_channel, **r["net_args"]).to(device)
+    likelihood = r["likelihood"]
+    channels = r["image_shape"][0]
+    net = r["net_cls"](r["image_shape"], r["latent_dim"], channels * likelihood.params_per_channel, **r["net_args"])
+    net = net.to(device)
     opt = r["opt_cls"](net.parameters(), **r["opt_args"])
     dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(precision)
+    if vaezoo_ops and dtype is not torch.float16:
+        opt = prefer_fused(opt)
     scaler = torch.amp.GradScaler(DEVICE, enabled=dtype is torch.float16)
     bs = r["batch_size"]
     order = torch.randperm(len(images))
@@ -151,11 +191,13 @@ def run_bare(r: dict, images: Tensor, precision: str, warmup: int, steps: int) -
             _sync()
             t0 = time.perf_counter()
         idx = order[(i * bs) % (len(images) - bs):][:bs]
-        x = images[idx].to(device).float().div_(255)  # (B, 3, 32, 32) in [0, 1]
+        x = images[idx].to(device).float().div_(255)  # (B, C, H, W) in [0, 1]
+        if r["binarize"] == "dynamic":
+            x = (torch.rand_like(x) < x).float()  # a fresh Bernoulli draw, as vaezoo's MNIST makes it
         with torch.autocast(DEVICE, dtype=dtype or torch.float32, enabled=dtype is not None):
             mean, logvar = net.encoder(x).chunk(2, dim=1)  # (B, L) each
             z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
-            params = net.decoder(z)  # (B, 6, 32, 32)
+            params = net.decoder(z)  # (B, P * C, H, W)
         recon = -likelihood.log_prob(params, x)  # (B,) fp32
         mean, logvar = mean.float(), logvar.float()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)  # (B,)
@@ -168,7 +210,7 @@ def run_bare(r: dict, images: Tensor, precision: str, warmup: int, steps: int) -
     return time.perf_counter() - t0, _peak()
 
 
-def run_vaezoo(precision: str, data_args: list[str], warmup: int, steps: int, workdir: Path,
+def run_vaezoo(r: dict, precision: str, data_args: list[str], warmup: int, steps: int, workdir: Path,
                k: str = "auto") -> tuple[float, int]:
     """``vaezoo fit`` on one GPU, ``warmup + steps`` optimiser steps (``--trainer.max_steps``), with
     ``--model.steps_per_call k`` (``auto``: the default, as users run it): (seconds of ``steps`` steps, peak bytes)."""
@@ -179,7 +221,7 @@ def run_vaezoo(precision: str, data_args: list[str], warmup: int, steps: int, wo
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it sees this script's own argv
     try:
         main([
-            "fit", "--config", str(CONFIG), *data_args,
+            "fit", "--config", str(r["path"]), *data_args,
             "--trainer.accelerator", "gpu" if DEVICE == "cuda" else "cpu", "--trainer.devices", "1",
             "--trainer.precision", precision,
             "--trainer.max_epochs", "1",
@@ -199,20 +241,22 @@ def run_vaezoo(precision: str, data_args: list[str], warmup: int, steps: int, wo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=50, help="timed steps per run")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (cuDNN autotuning, allocation)")
+    parser.add_argument("--configs", nargs="+", default=list(STEPS), choices=list(STEPS), help="recipes under configs/")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default: 50 cifar_conv, 500 mnist_mlp)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed steps first (cuDNN autotuning, allocation; default: 10 cifar_conv, 50 mnist_mlp)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per loop and precision (median reported)")
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
     parser.add_argument("--data-dir", type=Path, default=None, help="folder holding CIFAR-10; default: random images")
     parser.add_argument("--steps-per-call", nargs="+", default=["1", "auto"],
                         help="vaezoo's --model.steps_per_call values to run: auto (the default, which takes the largest "
-                             "k <= 10 dividing 50, 200 and warmup + steps) and numbers that divide --warmup and --steps")
+                             "k <= 25 dividing 50, 200 and warmup + steps) and numbers that divide --warmup and --steps")
     parser.add_argument("--cpu-dry-run", action="store_true",
-                        help="run the same code on the CPU (2 + 2 steps, one repeat) to check the script, not to time")
+                        help="run the same code on the CPU (a few steps, one repeat) to check the script, not to time")
     args = parser.parse_args(argv)
     global DEVICE
     if args.cpu_dry_run:
-        DEVICE, args.warmup, args.steps, args.repeats = "cpu", 2, 2, 1
+        DEVICE, args.repeats = "cpu", 1
         args.steps_per_call = [k for k in args.steps_per_call if k in ("1", "2", "auto")] or ["1"]
     elif not torch.cuda.is_available():
         print("no GPU")
@@ -221,40 +265,47 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.filterwarnings("ignore", message=r".*could not find the monitored key")  # validation is off
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")  # short runs
-    r = recipe()
-    if args.data_dir is None:
-        data_args = ["--data.class_path", f"{RandomCIFAR.__module__}.RandomCIFAR"]
-        dm: ImageDataModule = RandomCIFAR(batch_size=r["batch_size"])
-    else:
-        from vaezoo.data import CIFAR10DataModule
-
-        data_args = ["--data.root", str(args.data_dir)]
-        dm = CIFAR10DataModule(root=str(args.data_dir), batch_size=r["batch_size"])
-        dm.prepare_data()
-    dm.setup("fit")
-    images = dm.train_dataloader().images  # uint8 (N, 3, 32, 32), host memory
     device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (dry run)"
-    print(f"{device_name} | torch {torch.__version__} | lightning {L.__version__} | "
-          f"cifar_conv, batch {r['batch_size']}, {args.warmup} warm-up + {args.steps} timed steps, "
-          f"{'random' if args.data_dir is None else 'CIFAR-10'} images", flush=True)
+    print(f"{device_name} | torch {torch.__version__} | lightning {L.__version__}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="vaezoo_gpu_") as tmp:
-        for precision in args.precisions:
-            res: dict[str, list[tuple[float, int]]] = {"bare": [], **{f"vaezoo k={k}": [] for k in args.steps_per_call}}
-            for _ in range(args.repeats):  # alternated: bare, then vaezoo at every k
-                res["bare"].append(run_bare(r, images, precision, args.warmup, args.steps))
-                for k in args.steps_per_call:
-                    res[f"vaezoo k={k}"].append(run_vaezoo(precision, data_args, args.warmup, args.steps, Path(tmp), k))
-            ips = {name: args.steps * r["batch_size"] / statistics.median(s for s, _ in v) for name, v in res.items()}
-            peak = {name: max(m for _, m in v) / 2**20 for name, v in res.items()}
-            for name in res:
-                if name != "bare":
-                    rows.append((precision, name, ips["bare"], ips[name], ips[name] / ips["bare"], peak["bare"], peak[name]))
-            print(f"[{precision}] " + ", ".join(f"{name} {v:.0f} img/s" for name, v in ips.items()), flush=True)
-    print(f"\n{'precision':<11} {'loop':<14} {'bare img/s':>10} {'vaezoo img/s':>12} {'vaezoo/bare':>11} "
-          f"{'bare peak MiB':>13} {'vaezoo peak MiB':>15}")
-    for precision, name, bare, vz, ratio, pb, pv in rows:
-        print(f"{precision:<11} {name:<14} {bare:>10.0f} {vz:>12.0f} {ratio:>11.2f} {pb:>13.0f} {pv:>15.0f}")
+        for name in args.configs:
+            r = recipe(name)
+            warmup, steps = (2, 2) if args.cpu_dry_run else STEPS[name]
+            warmup, steps = args.warmup or warmup, args.steps or steps
+            if args.data_dir is None or name != "cifar_conv":
+                data_args = ["--data.class_path", r["random_data"]]
+                dm: ImageDataModule = (RandomMNIST(batch_size=r["batch_size"]) if r["binarize"]
+                                       else RandomCIFAR(batch_size=r["batch_size"]))
+            else:
+                from vaezoo.data import CIFAR10DataModule
+
+                data_args = ["--data.root", str(args.data_dir)]
+                dm = CIFAR10DataModule(root=str(args.data_dir), batch_size=r["batch_size"])
+                dm.prepare_data()
+            dm.setup("fit")
+            images = dm.train_dataloader().images  # uint8 (N, C, H, W), host memory
+            print(f"\n{name}, batch {r['batch_size']}, {warmup} warm-up + {steps} timed steps, "
+                  f"{'random' if data_args[0] == '--data.class_path' else 'CIFAR-10'} images", flush=True)
+            for precision in args.precisions:
+                res: dict[str, list[tuple[float, int]]] = {
+                    "bare": [], "bare, vz ops": [], **{f"vaezoo k={k}": [] for k in args.steps_per_call}}
+                for _ in range(args.repeats):  # alternated: the bare loops, then vaezoo at every k
+                    res["bare"].append(run_bare(r, images, precision, warmup, steps))
+                    res["bare, vz ops"].append(run_bare(r, images, precision, warmup, steps, vaezoo_ops=True))
+                    for k in args.steps_per_call:
+                        res[f"vaezoo k={k}"].append(run_vaezoo(r, precision, data_args, warmup, steps, Path(tmp), k))
+                ips = {loop: steps * r["batch_size"] / statistics.median(s for s, _ in v) for loop, v in res.items()}
+                peak = {loop: max(m for _, m in v) / 2**20 for loop, v in res.items()}
+                for loop in res:
+                    if loop != "bare":
+                        rows.append((name, precision, loop, ips["bare"], ips[loop], ips[loop] / ips["bare"],
+                                     peak["bare"], peak[loop]))
+                print(f"[{name} {precision}] " + ", ".join(f"{loop} {v:.0f} img/s" for loop, v in ips.items()), flush=True)
+    print(f"\n{'recipe':<11} {'precision':<11} {'loop':<14} {'bare img/s':>10} {'loop img/s':>10} {'loop/bare':>9} "
+          f"{'bare peak MiB':>13} {'loop peak MiB':>13}")
+    for name, precision, loop, bare, other, ratio, pb, pv in rows:
+        print(f"{name:<11} {precision:<11} {loop:<14} {bare:>10.0f} {other:>10.0f} {ratio:>9.2f} {pb:>13.0f} {pv:>13.0f}")
     return 0
 
 

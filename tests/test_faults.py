@@ -173,3 +173,27 @@ def test_deferred_check_stops_before_any_checkpoint_after_the_bad_step(tiny_mnis
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["last.ckpt", "latest-epoch=0-step=2.ckpt"]
     # The callback had already recorded the step-4 file it was about to write: the message names the real one.
     assert f"The newest checkpoint, {(tmp_path / 'ckpt' / 'latest-epoch=0-step=2.ckpt').resolve()}," in str(err.value)
+
+
+@pytest.mark.parametrize("fold_every", [1024, 3])
+def test_the_deferred_record_names_the_first_bad_step_its_parts_and_loss(monkeypatch: pytest.MonkeyPatch,
+                                                                       fold_every: int) -> None:
+    """The deferred check keeps one row per step and folds them on the device (at a check, or every
+    ``_FOLD_EVERY`` steps): the first step whose loss is non-finite is named, with the parts that were."""
+    from vaezoo.models import nonfinite
+
+    monkeypatch.setattr(nonfinite, "sync_is_free", lambda device: False)  # the CPU standing in for a GPU
+    monkeypatch.setattr(nonfinite, "_FOLD_EVERY", fold_every)
+    guard = nonfinite.NonFiniteGuard("stop")
+    ok = {"pixels": torch.rand(2, 1, 4, 4), "recon": torch.ones(2), "kl": torch.ones(2)}
+    for step in range(8):
+        parts = dict(ok)
+        if step == 2:  # a part goes non-finite while the loss stays finite (masked out): not a bad step
+            parts["recon"] = torch.tensor([1.0, float("inf")])
+        if step in (4, 6):  # the first bad loss, then a later one that must not replace it
+            parts["kl"] = torch.tensor([float("nan"), 1.0]) if step == 4 else torch.tensor([1.0, float("inf")])
+        loss = torch.tensor(float("nan") if step == 4 else (float("inf") if step == 6 else 1.0))
+        assert guard.admit(step, 1, loss, parts) is True  # deferred: never raises inside a step
+        assert len(guard._rows) < fold_every
+    with pytest.raises(VAEZooError, match=r"became nan at step 4 \(epoch 1\): kl went non-finite. Found at step 8"):
+        guard.check(8)

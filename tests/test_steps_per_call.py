@@ -135,6 +135,12 @@ class CountSteps(L.Callback):
         pass
 
 
+class CountGroups(CountSteps):
+    """The same hook, in a callback that says it handles groups (it would read ``pl_module.group_size``)."""
+
+    steps_per_call_aware = True
+
+
 @pytest.mark.parametrize("option", [
     ["--trainer.callbacks+=tests.test_steps_per_call.CountSteps"],
     ["--trainer.accumulate_grad_batches", "2"],
@@ -144,6 +150,13 @@ class CountSteps(L.Callback):
 def test_auto_takes_one_where_groups_would_change_a_meaning(tiny_mnist, tmp_path: Path, capsys, option) -> None:
     root, _ = tiny_mnist
     assert final_state(fit(root, tmp_path, "auto", capsys, *option))["vaezoo_steps_per_call"] == 1
+
+
+def test_auto_groups_with_a_callback_that_says_it_handles_groups(tiny_mnist, tmp_path: Path, capsys, recwarn) -> None:
+    root, _ = tiny_mnist
+    run = fit(root, tmp_path, "auto", capsys, "--trainer.callbacks+=tests.test_steps_per_call.CountGroups")
+    assert final_state(run)["vaezoo_steps_per_call"] == 2  # the largest k dividing log_every_n_steps 2
+    assert not [w for w in recwarn if "per-step hooks" in str(w.message)]
 
 
 def test_an_explicit_k_warns_of_a_callback_with_per_step_hooks(tiny_mnist, tmp_path: Path, capsys) -> None:

@@ -102,9 +102,14 @@ class VAEOutput:
         return self.log_px.shape[0]
 
     @cached_property  # computed once per pass: the step reads it several times
+    def _mean_log_px(self) -> Tensor:
+        """E_q[log p(x | z)], ``(B,)``: the k codes' mean (a view for k = 1: no kernel forward or backward)."""
+        return self.log_px.squeeze(0) if self.log_px.shape[0] == 1 else self.log_px.mean(0)
+
+    @cached_property
     def recon(self) -> Tensor:
         """-E_q[log p(x | z)], ``(B,)``: the k codes' mean."""
-        return -(self.log_px[0] if self.log_px.shape[0] == 1 else self.log_px.mean(0))
+        return -self._mean_log_px
 
     @property
     def kl(self) -> Tensor:
@@ -113,8 +118,8 @@ class VAEOutput:
 
     @cached_property
     def elbo(self) -> Tensor:
-        """The evidence lower bound, ``(B,)`` nats per image."""
-        return -(self.recon + self.kl)
+        """The evidence lower bound, ``(B,)`` nats per image: E_q[log p(x | z)] - KL, bit for bit -(recon + KL)."""
+        return self._mean_log_px - self.kl
 
     @property
     def kl_per_dim(self) -> Tensor | None:
@@ -282,6 +287,7 @@ class VAE(L.LightningModule):
         self._sub_batch: int | None = None  # with k > 1: images per optimiser step (the DataModule's batch size)
         self._logging_step: int | None = None  # with k > 1: the step Lightning would log this optimiser step at
         self.kl_warmup_steps = self._check_kl_warmup(kl_warmup_steps)
+        self._bpd_per_elbo = -1 / (math.prod(self.image_shape) * math.log(2))  # ELBO (nats per image) -> -ELBO in bits/dim
         # The terms every step computes (see _step); evaluation adds the importance-weighted NLL.
         # The KL is logged as "kl" where it is analytic and as "kl_mc" where it is estimated by sampling.
         self._kl_key = "kl" if self.latent.kl_analytic else "kl_mc"
@@ -490,7 +496,7 @@ class VAE(L.LightningModule):
         terms = {**terms, "loss": loss, "elbo": out.elbo, "recon": out.recon, self._kl_key: out.kl,
                  **out.latent.extra, **out.latent.stats}
         if self.likelihood.discrete:
-            terms["bpd"] = self.bits_per_dim(-out.elbo)
+            terms["bpd"] = out.elbo * self._bpd_per_elbo  # bits_per_dim(-elbo) in one kernel
         if stage == "train":
             parts = {"pixels": x, "recon": out.recon, "kl": out.kl, **out.latent.finite_parts}  # order of blame
             admitted = self.nonfinite_guard.admit(self.global_step, self.current_epoch, loss, parts, self._checkpoints_note)

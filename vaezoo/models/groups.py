@@ -52,6 +52,9 @@ STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_backward"
 # optimiser steps, Lightning's training steps), ModelCheckpoint (it reads global_step, which counts optimiser
 # steps) and vaezoo's own.
 GROUP_SAFE: tuple[type[Callback], ...] = (ProgressBar, ModelCheckpoint)
+# The attribute by which a callback of one's own says that its per-step hooks handle groups (they read
+# ``pl_module.group_size``, the k of this fit, or count with ``trainer.global_step``): ``auto`` then groups with it.
+AWARE = "steps_per_call_aware"
 
 
 def intervals(trainer: L.Trainer) -> dict[str, int]:
@@ -80,6 +83,8 @@ def epoch_batches(trainer: L.Trainer) -> int | float:
 
 def _group_safe(callback: Callback) -> bool:
     if isinstance(callback, GROUP_SAFE) or type(callback).__module__.split(".")[0] == "vaezoo":
+        return True
+    if getattr(callback, AWARE, False) is True:
         return True
     return not any(is_overridden(hook, callback, parent=Callback) for hook in STEP_HOOKS)
 

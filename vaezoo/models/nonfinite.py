@@ -40,6 +40,10 @@ def sync_is_free(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
+# The most rows the deferred check keeps between two checks before it folds them (on the device, no sync).
+_FOLD_EVERY = 1024
+
+
 def _nonfinite(parts: dict[str, Tensor]) -> Tensor:
     """``(len(parts),)`` bool: which of the tensors hold a NaN or an Inf. No sync."""
     return torch.stack([~torch.isfinite(p).all() for p in parts.values()])
@@ -65,7 +69,11 @@ class NonFiniteGuard:
         self.skipped_in_epoch = 0
         self.batches_in_epoch = 0  # seen so far
         self.epoch_size = math.inf  # the epoch's training batches, from start_epoch
-        # Deferred (accelerators, stop): the first non-finite step (-1: none yet) and what went bad there.
+        # Deferred (accelerators, stop): one row per step since the last fold, (1 + P,) fp64 on the device (the loss,
+        # then each part's sum), with its (step, epoch) on the host; and, folded from them, the first non-finite step
+        # (-1: none yet) and what went bad there.
+        self._rows: list[Tensor] = []
+        self._row_at: list[tuple[int, int]] = []
         self._first_step: Tensor | None = None
         self._first_parts: Tensor | None = None
         self._part_names: list[str] = []
@@ -95,7 +103,7 @@ class NonFiniteGuard:
             return True
         self.batches_in_epoch += 1
         if self.mode == "skip" or sync_is_free(loss.device):
-            if torch.isfinite(loss):
+            if math.isfinite(loss.item()):  # one read; torch.isfinite would be four kernels and then the read
                 return True
             if self.mode == "stop":
                 raise VAEZooError(_message(step, epoch, _blamed(parts), loss.item(), None, checkpoints()))
@@ -109,19 +117,36 @@ class NonFiniteGuard:
                                            too_many=too_many))
             return False
         with torch.no_grad():
-            bad = _nonfinite(parts)
-            self._part_names = list(parts)
-            if self._first_step is None:
-                self._first_step = torch.full((), -1, dtype=torch.long, device=loss.device)
-                self._first_parts = torch.zeros_like(bad)
-                self._first_loss = torch.zeros((), device=loss.device)
-                self._first_epoch = torch.zeros((), dtype=torch.long, device=loss.device)
-            new = (self._first_step < 0) & ~torch.isfinite(loss)
-            self._first_step = torch.where(new, step, self._first_step)
-            self._first_epoch = torch.where(new, epoch, self._first_epoch)
-            self._first_parts = torch.where(new, bad, self._first_parts)
-            self._first_loss = torch.where(new, loss.detach().float(), self._first_loss)
+            # 2 + P ops and no sync: the check needs only whether each of these held a NaN or an Inf, and a sum in
+            # fp64 is non-finite exactly when a value is (any number of fp32 values sums far below fp64's range).
+            self._rows.append(torch.stack([loss.detach().double(), *(p.detach().sum(dtype=torch.float64)
+                                                                     for p in parts.values())]))
+        self._row_at.append((step, epoch))
+        self._part_names = list(parts)
+        if len(self._rows) >= _FOLD_EVERY:  # bounded memory between checks
+            self._fold()
         return True
+
+    def _fold(self) -> None:
+        """Fold the rows since the last fold into the record of the first non-finite step, on the device."""
+        if not self._rows:
+            return
+        with torch.no_grad():
+            rows = torch.stack(self._rows)  # (n, 1 + P)
+            bad = ~torch.isfinite(rows)
+            at = torch.tensor(self._row_at, device=rows.device)  # (n, 2): step, epoch
+            i = bad[:, 0].int().argmax()  # the window's first non-finite loss (0 where there is none)
+            if self._first_step is None:
+                self._first_step = torch.full((), -1, dtype=torch.long, device=rows.device)
+                self._first_parts = torch.zeros_like(bad[0, 1:])
+                self._first_loss = torch.zeros((), device=rows.device)
+                self._first_epoch = torch.zeros((), dtype=torch.long, device=rows.device)
+            new = (self._first_step < 0) & bad[i, 0]
+            self._first_step = torch.where(new, at[i, 0], self._first_step)
+            self._first_epoch = torch.where(new, at[i, 1], self._first_epoch)
+            self._first_parts = torch.where(new, bad[i, 1:], self._first_parts)
+            self._first_loss = torch.where(new, rows[i, 0].float(), self._first_loss)
+        self._rows, self._row_at = [], []
 
     def check(self, step: int, reduce: Callable[..., Tensor] | None = None,
               checkpoints: Callable[[], str] = _no_note) -> None:
@@ -133,7 +158,10 @@ class NonFiniteGuard:
                 stops, not only the one whose batch went non-finite. Every process must call ``check``.
             checkpoints: Says what is true of the run's checkpoints; called only to write an error.
         """
-        if self.mode != "stop" or self._first_step is None:
+        if self.mode != "stop":
+            return
+        self._fold()
+        if self._first_step is None:
             return
         first = self._first_step
         if reduce is not None:
