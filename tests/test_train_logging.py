@@ -91,3 +91,33 @@ def test_a_resumed_epoch_mean_covers_the_batches_before_the_checkpoint(tiny_mnis
     expected = _means(first.seen[:3] + second.seen)  # the lost step 4 is not in the epoch
     for name in TERMS:
         assert trainer.callback_metrics[f"train/{name}_epoch"].item() == pytest.approx(expected[name], rel=1e-6)
+
+
+@pytest.mark.parametrize("odd_shape", [False, True])
+def test_running_sums_are_the_fp64_sums_of_every_image(odd_shape: bool) -> None:
+    """Per-image terms are summed, a scalar (a batch mean) counts once per image, in fp64; a term of another shape
+    takes the general path. The checkpoint state holds the sums and the count; another rank restores zeros."""
+    from vaezoo.models.running_sums import RunningSums
+
+    torch.manual_seed(0)
+    names = ["loss", "elbo", "grid"] if odd_shape else ["loss", "elbo", "kl"]
+    sums = RunningSums(names)
+    batches = []
+    for b in (5, 3):
+        terms = {"loss": torch.rand(()), "elbo": -100 * torch.rand(b),
+                 ("grid" if odd_shape else "kl"): torch.rand(b, 2) if odd_shape else torch.rand(b)}
+        batches.append((terms, b))
+        sums.add(terms, b, epoch=0)
+    expected = [sum((t[n].double() * b if t[n].dim() == 0 else t[n].double()).sum().item() for t, b in batches)
+                for n in names]
+    state = sums.state(torch.device("cpu"), 0)
+    assert state["sums"].dtype == torch.float64 and state["sums"][-1].item() == 8
+    torch.testing.assert_close(state["sums"][:-1], torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=0)
+    means = sums.means(torch.device("cpu"), 0)
+    assert means["elbo"].item() == pytest.approx(expected[1] / 8, rel=1e-6)
+    other = RunningSums(names)
+    other.restore(state, rank=1)
+    assert other.total(torch.device("cpu"), 0).abs().sum().item() == 0  # only rank 0 carries them
+    again = RunningSums(names)
+    again.restore(state, rank=0)
+    assert torch.equal(again.total(torch.device("cpu"), 0), state["sums"])
