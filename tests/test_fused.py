@@ -83,6 +83,7 @@ def test_the_fused_adam_step_is_adams_update_written_out() -> None:
     functools.partial(torch.optim.Adam, foreach=False),
     functools.partial(torch.optim.Adam, fused=False),
     functools.partial(torch.optim.Adam, differentiable=True),  # no fused kernel for it
+    functools.partial(torch.optim.Adam, capturable=True),  # set up for CUDA graphs: the config's kernel choice
     type("MyAdam", (torch.optim.Adam,), {}),  # a subclass may change step()
     torch.optim.SGD,  # its fused kernel refuses sparse gradients, which its default takes
     torch.optim.RMSprop,  # no fused kernel in torch

@@ -225,9 +225,9 @@ class VAE(L.LightningModule):
         compile: Compile the net with ``torch.compile`` when training starts (opt-in: compiling costs
             tens of seconds up front and pays off on long runs, mostly on GPUs).
         optimizer: The optimiser, e.g. ``{class_path: torch.optim.Adam, init_args: {lr: 0.001}}``. Adam and AdamW
-            step with torch's fused kernel (the same update, about 3x faster) unless ``init_args`` set ``fused`` or
-            ``foreach``, or a gradient scaler or a strategy other than one device or DDP stands in the way
-            (:mod:`vaezoo.models.fused`).
+            step with torch's fused kernel (the same update, about 3x faster) unless ``init_args`` set ``fused``,
+            ``foreach``, ``capturable`` or ``differentiable``, or a gradient scaler or a strategy other than one
+            device or DDP stands in the way (:mod:`vaezoo.models.fused`).
         lr_scheduler: An optional learning-rate scheduler, stepped every epoch.
     """
 

@@ -6,8 +6,8 @@ every parameter per step. It is the same algorithm: the weights agree with the f
 of fp32 (about 1e-7 after a step). On the MNIST MLPs the fused step takes 0.2 ms against 0.7 ms at 2 threads: a
 tenth of a training step (docs/performance.md).
 
-So vaezoo builds the optimiser the config names and, where the config sets neither ``fused`` nor ``foreach``,
-builds it again with ``fused=True`` when:
+So vaezoo builds the optimiser the config names and, where the config sets none of ``fused``, ``foreach``,
+``capturable`` and ``differentiable``, builds it again with ``fused=True`` when:
 
 - its class is torch's Adam or AdamW (exactly: a subclass may change ``step``). SGD and Adagrad have fused
   kernels too, but those refuse sparse gradients, which the config's kernel takes; Adam takes none anyway;
@@ -39,12 +39,13 @@ DEVICES = ("cpu", "cuda")
 
 def kernel_left_open(optimizer: Optimizer) -> bool:
     """Whether ``optimizer`` is one of :data:`FUSABLE`, has taken no step, its config chose no kernel (fused,
-    foreach), and its parameters are floating-point tensors on :data:`DEVICES`."""
+    foreach, capturable, differentiable), and its parameters are floating-point tensors on :data:`DEVICES`."""
     return (
         type(optimizer) in FUSABLE
         and not optimizer.state
         and all(group.get("fused") is None and group.get("foreach") is None for group in optimizer.param_groups)
         and not optimizer.defaults.get("differentiable", False)
+        and not optimizer.defaults.get("capturable", False)  # tuned for CUDA graphs: the config's choice
         and all(p.device.type in DEVICES and p.is_floating_point() for g in optimizer.param_groups for p in g["params"])
     )
 
