@@ -155,7 +155,7 @@ def recipe(name: str) -> dict:
         "path": path,
         "image_shape": (1, 28, 28) if mnist else (3, 32, 32),
         "binarize": data.get("init_args", {}).get("binarize", "dynamic") if mnist else None,
-        "random_data": f"{RandomMNIST.__module__}.{'RandomMNIST' if mnist else 'RandomCIFAR'}",
+        "random_data": RandomMNIST if mnist else RandomCIFAR,
         "likelihood": likelihood,
         "latent_dim": model["latent_dim"],
         "net_cls": NETS.get(net if isinstance(net, str) else net["class_path"]),
@@ -274,9 +274,9 @@ def main(argv: list[str] | None = None) -> int:
             warmup, steps = (2, 2) if args.cpu_dry_run else STEPS[name]
             warmup, steps = args.warmup or warmup, args.steps or steps
             if args.data_dir is None or name != "cifar_conv":
-                data_args = ["--data.class_path", r["random_data"]]
-                dm: ImageDataModule = (RandomMNIST(batch_size=r["batch_size"]) if r["binarize"]
-                                       else RandomCIFAR(batch_size=r["batch_size"]))
+                random_data = r["random_data"]
+                data_args = ["--data.class_path", f"{random_data.__module__}.{random_data.__name__}"]
+                dm: ImageDataModule = random_data(batch_size=r["batch_size"])
             else:
                 from vaezoo.data import CIFAR10DataModule
 

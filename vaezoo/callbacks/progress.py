@@ -63,7 +63,7 @@ class TimedProgressBar(TQDMProgressBar):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        k = _group_size(trainer)
+        k = groups.group_size(trainer)
         # The parent draws at n = batch_idx + 1: give it the optimiser steps done, as one step per batch would.
         n = batch_idx + 1 if k == 1 else min((batch_idx + 1) * k, int(self.train_progress_bar.total or 0))
         super().on_train_batch_end(trainer, pl_module, outputs, batch, n - 1)
@@ -104,8 +104,3 @@ class TimedProgressBar(TQDMProgressBar):
     ) -> None:
         super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
         self._catch_up(self.predict_progress_bar, batch_idx + 1)
-
-
-def _group_size(trainer: L.Trainer) -> int:
-    """Optimiser steps per training step in this fit (``VAE.group_size``; 1 for other modules)."""
-    return int(getattr(trainer.lightning_module, "group_size", 1))

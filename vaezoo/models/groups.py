@@ -73,10 +73,15 @@ def largest_fit(steps: dict[str, int], up_to: int) -> int:
     return max(d for d in range(1, up_to + 1) if all(n % d == 0 for n in steps.values()))
 
 
+def group_size(trainer: L.Trainer) -> int:
+    """Optimiser steps per training step in ``trainer``'s fit (``VAE.group_size``; 1 for other modules)."""
+    return int(getattr(trainer.lightning_module, "group_size", 1))
+
+
 def epoch_batches(trainer: L.Trainer) -> int | float:
     """The training batches, that is optimiser steps, of an epoch. Lightning counts training steps, which are
     groups with k > 1; those run only whole epochs of vaezoo's loader (:func:`obstacles`), which counts batches."""
-    if getattr(trainer.lightning_module, "group_size", 1) > 1:
+    if group_size(trainer) > 1:
         return trainer.train_dataloader.sampler.batches  # type: ignore[union-attr]
     return trainer.num_training_batches
 
